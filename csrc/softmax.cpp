@@ -1,0 +1,125 @@
+// Softmax over the last axis of a (rows, n) array, forward and backward.
+//   forward:  y = exp(x - max(x)) / sum(exp(x - max(x)))
+//   backward: dx = y * (dy - sum(dy * y))
+// The scalar functions are the obviously-right twins of the AVX2 ones; OpenMP runs over rows.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace minillm {
+
+template <typename T>
+static void softmax_row_scalar(const T* x, T* y, std::int64_t n) {
+    T m = x[0];
+    for (std::int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
+    T s = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        y[i] = std::exp(x[i] - m);
+        s += y[i];
+    }
+    const T inv = T(1) / s;
+    for (std::int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+
+template <typename T>
+static void softmax_backward_row_scalar(const T* dy, const T* y, T* dx, std::int64_t n) {
+    T dot = 0;
+    for (std::int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
+    for (std::int64_t i = 0; i < n; ++i) dx[i] = y[i] * (dy[i] - dot);
+}
+
+#if MINILLM_X86
+MINILLM_AVX2 static void softmax_row_avx2(const float* x, float* y, std::int64_t n) {
+    std::int64_t i = 0;
+    __m256 vm = _mm256_set1_ps(-__builtin_inff());
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float m = hmax(vm);
+    for (; i < n; ++i) m = std::max(m, x[i]);
+
+    const __m256 vmax = _mm256_set1_ps(m);
+    __m256 vs = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        _mm256_storeu_ps(y + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    float s = hsum(vs);
+    for (; i < n; ++i) {
+        y[i] = std::exp(x[i] - m);
+        s += y[i];
+    }
+
+    const __m256 vinv = _mm256_set1_ps(1.0f / s);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), vinv));
+    for (; i < n; ++i) y[i] *= 1.0f / s;
+}
+
+MINILLM_AVX2 static void softmax_backward_row_avx2(const float* dy, const float* y, float* dx, std::int64_t n) {
+    std::int64_t i = 0;
+    __m256 vd = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) vd = _mm256_fmadd_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(y + i), vd);
+    float dot = hsum(vd);
+    for (; i < n; ++i) dot += dy[i] * y[i];
+    const __m256 vdot = _mm256_set1_ps(dot);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_sub_ps(_mm256_loadu_ps(dy + i), vdot);
+        _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), g));
+    }
+    for (; i < n; ++i) dx[i] = y[i] * (dy[i] - dot);
+}
+#endif
+
+template <typename T>
+void softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n) {
+    bool simd = false;
+#if MINILLM_X86
+    simd = std::is_same<T, float>::value && use_avx2();
+#endif
+#if defined(MINILLM_OPENMP)
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelThreshold && rows > 1)
+#endif
+    for (std::int64_t r = 0; r < rows; ++r) {
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value) {
+            if (simd) {
+                softmax_row_avx2(x + r * n, y + r * n, n);
+                continue;
+            }
+        }
+#endif
+        softmax_row_scalar(x + r * n, y + r * n, n);
+    }
+    (void)simd;
+}
+
+template <typename T>
+void softmax_backward(const T* dy, const T* y, T* dx, std::int64_t rows, std::int64_t n) {
+    bool simd = false;
+#if MINILLM_X86
+    simd = std::is_same<T, float>::value && use_avx2();
+#endif
+#if defined(MINILLM_OPENMP)
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelThreshold && rows > 1)
+#endif
+    for (std::int64_t r = 0; r < rows; ++r) {
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value) {
+            if (simd) {
+                softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n);
+                continue;
+            }
+        }
+#endif
+        softmax_backward_row_scalar(dy + r * n, y + r * n, dx + r * n, n);
+    }
+    (void)simd;
+}
+
+template void softmax_forward<float>(const float*, float*, std::int64_t, std::int64_t);
+template void softmax_forward<double>(const double*, double*, std::int64_t, std::int64_t);
+template void softmax_backward<float>(const float*, const float*, float*, std::int64_t, std::int64_t);
+template void softmax_backward<double>(const double*, const double*, double*, std::int64_t, std::int64_t);
+
+}  // namespace minillm

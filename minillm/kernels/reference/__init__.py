@@ -1,0 +1,29 @@
+"""NumPy reference kernels: `*_forward` / `*_backward` pairs that read like the equations.
+
+Each docstring carries the formula and the result of its backward's derivation. The native
+kernels in `minillm._C` must equal these (tests hold them to it).
+"""
+from .activation import (
+    dropout_backward, dropout_forward, gelu_backward, gelu_forward, silu_backward, silu_forward,
+    swiglu_backward, swiglu_forward,
+)
+from .attention import attention_backward, attention_forward, visible_keys
+from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward
+from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .positions import alibi_slopes, sinusoidal_positions
+from .rope import rope_angles, rope_backward, rope_forward
+from .softmax import (
+    cross_entropy_backward, cross_entropy_forward, log_softmax_backward, log_softmax_forward,
+    softmax_backward, softmax_forward,
+)
+
+KERNELS = [
+    "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
+    "rms_norm_forward", "rms_norm_backward", "layer_norm_forward", "layer_norm_backward",
+    "gelu_forward", "gelu_backward", "silu_forward", "silu_backward",
+    "swiglu_forward", "swiglu_backward", "dropout_forward", "dropout_backward",
+    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+    "rope_angles", "rope_forward", "rope_backward",
+    "attention_forward", "attention_backward",
+]

@@ -1,0 +1,38 @@
+"""The pre-norm transformer block:  x = x + attn(norm(x));  x = x + ffn(norm(x))."""
+import numpy as np
+
+from .attention import Attention
+from .layers import MLP, Dropout, LayerNorm, RMSNorm, SwiGLU
+from .module import Module
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+ACTIVATIONS = ("gelu", "swiglu")
+
+
+class TransformerBlock(Module):
+    """One pre-norm residual block. GPT-2: norm="layernorm", activation="gelu", bias=True,
+    positions=None (learned positions added by the model). Llama: norm="rmsnorm",
+    activation="swiglu", positions="rope", n_kv_heads < n_heads for GQA."""
+
+    def __init__(self, d_model, n_heads, n_kv_heads=None, d_ff=None, norm="layernorm", activation="gelu",
+                 positions=None, causal=True, window=None, bias=True, dropout=0.0, eps=1e-5,
+                 rope_theta=10000.0, init_std=0.02, rng=None, dtype=np.float32):
+        if norm not in NORMS:
+            raise ValueError(f"TransformerBlock: norm must be one of {list(NORMS)}, got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"TransformerBlock: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        d_ff = d_ff or 4 * d_model
+        self.norm1 = NORMS[norm](d_model, eps, dtype=dtype)
+        self.attn = Attention(d_model, n_heads, n_kv_heads, positions, causal, window, rope_theta, bias,
+                              init_std, rng, dtype)
+        self.norm2 = NORMS[norm](d_model, eps, dtype=dtype)
+        if activation == "swiglu":
+            self.ffn = SwiGLU(d_model, d_ff, init_std, rng, dtype)
+        else:
+            self.ffn = MLP(d_model, d_ff, bias, init_std, rng, dtype)
+        self.dropout = Dropout(dropout, rng=rng)
+
+    def forward(self, x, positions=None, key_padding_mask=None):
+        """x: (B, T, C) -> (B, T, C)."""
+        x = x + self.dropout(self.attn(self.norm1(x), positions, key_padding_mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
