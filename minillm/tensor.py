@@ -91,7 +91,8 @@ class Function:
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, np.generic)):   # NumPy arrays and scalars keep their dtype
+        data = np.asarray(data)
         return data.astype(dtype, copy=False) if dtype is not None else data
     array = np.asarray(data, dtype=dtype)
     if dtype is None and array.dtype == np.float64:
@@ -271,19 +272,30 @@ class Tensor:
         return self.reshape(*shape)
 
     def transpose(self, *axes):
-        """Permute axes like np.transpose; with two ints, swap just those two (like torch)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        if len(axes) == 2 and self.ndim != 2:
-            a, b = (ax % self.ndim for ax in axes)
+        """With no arguments reverse the axes; with two ints swap those two (like torch);
+        with a tuple, permute like np.transpose."""
+        if len(axes) == 2 and all(isinstance(a, (int, np.integer)) for a in axes):
+            a, b = (_check_axis("transpose", ax, self.ndim) for ax in axes)
             perm = list(range(self.ndim))
             perm[a], perm[b] = perm[b], perm[a]
             axes = tuple(perm)
+        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(_check_axis("transpose", ax, self.ndim) for ax in axes[0])
+        elif axes:
+            axes = tuple(_check_axis("transpose", ax, self.ndim) for ax in axes)
+        if axes and sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"transpose: {axes} is not a permutation of the {self.ndim} axes of shape {self.shape}")
         return Transpose.apply(self, axes=axes or None)
 
     @property
     def T(self):
         return Transpose.apply(self, axes=None)
+
+
+def _check_axis(fn, axis, ndim):
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{fn}: axis {axis} is out of range for {ndim} dimension(s)")
+    return int(axis) % ndim
 
 
 def _wrap(value, like):

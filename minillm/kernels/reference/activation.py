@@ -1,9 +1,11 @@
 """GELU, SiLU, the fused SwiGLU feed-forward, and dropout."""
+import math
+
 import numpy as np
 
 from .linear import linear_backward
 
-_GELU_C = np.sqrt(2.0 / np.pi)
+_GELU_C = math.sqrt(2.0 / math.pi)   # a Python float, so float32 stays float32
 
 
 def gelu_forward(x):
@@ -18,8 +20,10 @@ def gelu_backward(dy, x):
 
 
 def sigmoid(x):
-    """sigma(x) = 1 / (1 + exp(-x)), written as 0.5 (1 + tanh(x / 2)) so it never overflows."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    """sigma(x) = 1 / (1 + exp(-x)) = exp(x) / (1 + exp(x)); with e = exp(-|x|) <= 1 the first form
+    serves x >= 0 and the second x < 0, so nothing overflows and small values keep full precision."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
 def silu_forward(x):

@@ -5,6 +5,8 @@ log-sum-exp for the backward, exactly as the tiled (flash-style) kernel does.
 Positions: the T queries are the *last* T of the S keys' positions, so query i sits at
 position S - T + i (with T = S that is i; with a KV cache, the new tokens come last).
 """
+import math
+
 import numpy as np
 
 
@@ -44,7 +46,7 @@ def _scores(q, k, causal, window, alibi_slopes, key_padding_mask):
     """s = q k^T / sqrt(D) (+ ALiBi), -inf where a key is not visible.  -> (B, H, T, S)."""
     B, H, T, D = q.shape
     S = k.shape[2]
-    s = q @ np.swapaxes(_expand_kv(k, H // k.shape[1]), -1, -2) * (1.0 / np.sqrt(D))
+    s = q @ np.swapaxes(_expand_kv(k, H // k.shape[1]), -1, -2) * (1.0 / math.sqrt(D))
     if alibi_slopes is not None:
         s = s + alibi_bias(alibi_slopes.astype(q.dtype), T, S, causal)
     return np.where(visible_keys(T, S, causal, window, key_padding_mask), s, -np.inf)
@@ -84,7 +86,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_
     dv = np.swapaxes(p, -1, -2) @ dout                                           # (B, H, S, D)
     dp = dout @ np.swapaxes(_expand_kv(v, group), -1, -2)                         # (B, H, T, S)
     ds = p * (dp - np.sum(dout * out, axis=-1, keepdims=True))
-    scale = 1.0 / np.sqrt(D)
+    scale = 1.0 / math.sqrt(D)
     dq = ds @ _expand_kv(k, group) * scale
     dk = np.swapaxes(ds, -1, -2) @ q * scale                                     # (B, H, S, D)
     dk = dk.reshape(B, Hkv, group, S, D).sum(axis=2)
