@@ -18,8 +18,19 @@ BACKENDS = ["numpy"] + (["native"] if kernels.native.AVAILABLE else [])
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Run a test once per kernel backend, restoring the default afterwards."""
+    """Run a test once per kernel backend, restoring the default afterwards.
+
+    Every test in the functional and nn suites gets it (see pytest_collection_modifyitems), so
+    the whole gradcheck suite runs on the NumPy references and on the native kernels."""
     previous = kernels.get_backend()
     kernels.set_backend(request.param)
     yield request.param
     kernels.set_backend(previous)
+
+
+def pytest_generate_tests(metafunc):
+    """Give every test of the functional and nn suites the `backend` fixture."""
+    name = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if (name.startswith("test_functional") or name.startswith("test_nn")) and "backend" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("backend")
+        metafunc.parametrize("backend", BACKENDS, indirect=True)

@@ -23,8 +23,7 @@ def set_backend(name):
     for kernel in reference.KERNELS:
         globals()[kernel] = getattr(reference, kernel)
     if name == "native":
-        for kernel in native.KERNELS:
-            globals()[kernel] = getattr(native, kernel)
+        globals().update(native.KERNELS)
     _backend = name
 
 
@@ -34,7 +33,7 @@ def get_backend():
 
 def native_kernels():
     """Names of the kernels the native backend runs in C++ (the rest use the reference)."""
-    return list(native.KERNELS)
+    return sorted(native.KERNELS)
 
 
 _requested = os.environ.get("MINILLM_BACKEND", "native" if native.AVAILABLE else "numpy").lower()
