@@ -1,11 +1,23 @@
 """The `minillm` command line.
 
-    minillm demo      forward + backward of a tiny transformer block in each flavour, gradient-checked
-    minillm info      how the native extension was built (OpenMP, SIMD, threads)
+    minillm train      train a model (default: the shakespeare-char preset on the built-in corpus)
+    minillm generate   sample text from a checkpoint, streaming it as it comes
+    minillm eval       loss and perplexity of a checkpoint on held-out text
+    minillm demo       forward + backward of a tiny transformer block in each flavour, gradient-checked
+    minillm info       how the native extension was built (OpenMP, SIMD, threads)
+
+Bad input (a missing or corrupt checkpoint, data that is empty or not UTF-8, a prompt longer
+than the context, ...) prints one line naming the problem and exits with code 2.
 """
 import argparse
 import json
+import math
+import os
 import sys
+
+
+class UsageError(ValueError):
+    """Bad input from the command line: reported in one line, exit code 2."""
 
 
 def cmd_demo(args):
@@ -19,11 +31,183 @@ def cmd_info(args):
     return 0
 
 
+def _configs(args):
+    """The model and training configs: a preset or a config file, then the command-line overrides."""
+    from .models import ModelConfig, load_preset
+    from .train import TrainConfig
+    if args.config:
+        try:
+            with open(args.config) as f:
+                spec = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise UsageError(f"cannot read config {args.config!r}: {error}") from None
+    else:
+        spec = load_preset(args.preset)
+    model, train = dict(spec.get("model", {})), dict(spec.get("train", {}))
+    overrides = {"max_iters": args.max_iters, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                 "eval_interval": args.eval_interval, "eval_iters": args.eval_iters, "grad_accum": args.grad_accum,
+                 "sample_tokens": args.sample_tokens}
+    train.update({k: v for k, v in overrides.items() if v is not None})
+    if args.max_iters is not None and "lr_decay_iters" in train:
+        train["lr_decay_iters"] = min(train["lr_decay_iters"], args.max_iters)
+    if args.dropout is not None:
+        model["dropout"] = args.dropout
+    train_config = TrainConfig.from_dict(train)
+    return model, train_config
+
+
+def cmd_train(args):
+    from . import checkpoint as ckpt
+    from .data import build_tokenizer, read_text
+    from .models import ModelConfig
+    from .train import Trainer, TrainingDiverged, plot_losses
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    model_spec, train_config = _configs(args)
+    out = args.out or os.path.join("out", args.preset if not args.config else
+                                   os.path.splitext(os.path.basename(args.config))[0])
+    has_checkpoint = os.path.exists(os.path.join(out, "state.json"))
+    if has_checkpoint and not (args.resume or args.overwrite):
+        raise UsageError(f"{out!r} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                         "start over, or --out for another directory")
+    if args.resume and not has_checkpoint:
+        raise UsageError(f"--resume: no checkpoint in {out!r}")
+    if model_spec.get("vocab_size") is None:       # the tokenizer decides (character vocabularies)
+        model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, read_text(args.data)).vocab_size
+    model_config = ModelConfig.from_dict(model_spec)
+    if args.overwrite and has_checkpoint and not args.resume:
+        for name in ("state.json", "train_log.jsonl"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    trainer = Trainer(model_config, train_config, out, args.data, resume=args.resume,
+                      progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr))
+    n = trainer.model.num_parameters()
+    print(f"model: {n / 1e6:.2f}M parameters ({trainer.model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M "
+          f"without embeddings), vocab {model_config.vocab_size}, context {model_config.block_size}; "
+          f"{len(trainer.data.splits['train']):,} train / {len(trainer.data.splits['val']):,} val tokens",
+          file=sys.stderr)
+    try:
+        result = trainer.run()
+    except TrainingDiverged as error:
+        print(f"minillm: error: {error}", file=sys.stderr)
+        return 1
+    losses = result["losses"] or {}
+    print(f"done: step {result['step']}, train loss {losses.get('train', float('nan')):.4f}, "
+          f"val loss {losses.get('val', float('nan')):.4f}, {result['seconds']:.1f}s, "
+          f"peak memory {result['peak_memory_mib']:.0f} MiB; checkpoint in {out}")
+    if args.plot:
+        print(f"loss curve: {plot_losses(out)}")
+    if trainer.config.sample_tokens:
+        print("\n--- sample ---")
+        print(trainer.sample(max_new_tokens=trainer.config.sample_tokens))
+    return 0
+
+
+def _load(path):
+    from . import checkpoint as ckpt
+    return ckpt.build_model(ckpt.load_checkpoint(path))
+
+
+def cmd_generate(args):
+    from .generate import generate
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    model, tokenizer = _load(args.ckpt)
+    prompt_ids = tokenizer.encode(args.prompt).tolist()
+    if not prompt_ids:
+        raise UsageError("--prompt is empty")
+    context = model.config.block_size
+    if len(prompt_ids) > context:
+        raise UsageError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context}")
+    if len(prompt_ids) + args.max_new_tokens > context:
+        print(f"(stopping at the context length: {context - len(prompt_ids)} new tokens at most)", file=sys.stderr)
+    stop = tokenizer.encode(args.stop).tolist() if args.stop else []
+    stream = not args.no_stream and args.num_samples == 1
+
+    def on_token(row, token):
+        sys.stdout.write(tokenizer.decode([token]))
+        sys.stdout.flush()
+
+    if stream:
+        sys.stdout.write(args.prompt)
+    outputs = generate(model, [prompt_ids] * args.num_samples, args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=stop,
+                       use_cache=not args.no_cache, on_token=on_token if stream else None)
+    if stream:
+        sys.stdout.write("\n")
+    else:
+        for i, out in enumerate(outputs):
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1} ---")
+            print(args.prompt + tokenizer.decode(out))
+    return 0
+
+
+def cmd_eval(args):
+    from .data import TokenData, read_text
+    from .train import evaluate_split
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    model, tokenizer = _load(args.ckpt)
+    ids = tokenizer.encode(read_text(args.data))
+    data = TokenData(ids, args.val_fraction)
+    split = data.splits[args.split] if args.data is None or args.split != "all" else ids
+    loss = evaluate_split(model, split, args.batch_size, progress=not args.no_progress)
+    print(json.dumps({"split": args.split, "tokens": int(len(split)), "loss": round(loss, 4),
+                      "perplexity": round(math.exp(loss), 4)}))
+    return 0
+
+
 def build_parser():
     from . import __version__
+    from .models import preset_names
     parser = argparse.ArgumentParser(prog="minillm", description="A small, readable, fast transformer engine for the CPU.")
     parser.add_argument("--version", action="version", version=f"minillm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (default: shakespeare-char on the built-in corpus)")
+    p.add_argument("--preset", default="shakespeare-char", choices=preset_names(), help="named config (default %(default)s)")
+    p.add_argument("--config", help="a JSON file with 'model' and 'train' sections (instead of --preset)")
+    p.add_argument("--data", help="UTF-8 text file to train on (default: the built-in tiny Shakespeare)")
+    p.add_argument("--out", help="checkpoint directory (default: out/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --out")
+    for flag, kind in (("--max-iters", int), ("--batch-size", int), ("--lr", float), ("--seed", int),
+                       ("--eval-interval", int), ("--eval-iters", int), ("--grad-accum", int),
+                       ("--dropout", float), ("--sample-tokens", int), ("--threads", int)):
+        p.add_argument(flag, type=kind)
+    p.add_argument("--plot", action="store_true", help="write a loss-curve PNG (needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", help="stop when this token is generated")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slow; for checking)")
+    p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("eval", help="loss and perplexity of a checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--data", help="UTF-8 text (default: the built-in corpus)")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"])
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(run=cmd_eval)
+
     sub.add_parser("demo", help="forward/backward of a tiny transformer block in each flavour, with its gradient check"
                    ).set_defaults(run=cmd_demo)
     sub.add_parser("info", help="how the native extension was built").set_defaults(run=cmd_info)
@@ -31,12 +215,20 @@ def build_parser():
 
 
 def main(argv=None):
+    from .checkpoint import CheckpointError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (UsageError, CheckpointError, ValueError) as error:
+        print(f"minillm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minillm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

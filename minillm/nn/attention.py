@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import functional as F
+from ..tensor import Tensor
 from .layers import Linear
 from .module import Module
 
@@ -36,8 +37,13 @@ class Attention(Module):
         self.wv = Linear(d_model, kv_dim, bias, init_std, rng, dtype)
         self.wo = Linear(d_model, d_model, bias, init_std, rng, dtype)
 
-    def forward(self, x, positions=None, key_padding_mask=None):
-        """x: (B, T, C) -> (B, T, C). positions: (T,) or (B, T) ints for RoPE (default 0..T-1)."""
+    def forward(self, x, positions=None, key_padding_mask=None, cache=None):
+        """x: (B, T, C) -> (B, T, C). positions: (T,) or (B, T) ints for RoPE (default 0..T-1).
+
+        With a KVCache the new keys and values are appended to it and the T queries attend to
+        everything cached so far (they are its last T positions); key_padding_mask then covers
+        the whole cache, (B, cache.length + T).
+        """
         if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
             raise ValueError(f"Attention: x must be (B, T, {self.wq.in_features}), got shape {x.shape}")
         B, T, C = x.shape
@@ -49,6 +55,8 @@ class Attention(Module):
             positions = np.arange(T) if positions is None else positions
             q = F.rope(q, positions, self.rope_theta)
             k = F.rope(k, positions, self.rope_theta)
+        if cache is not None:
+            k, v = cache.append(k, v)                                   # (B, Hkv, S, D), S = all cached
         y = F.attention(q, k, v, causal=self.causal, window=self.window, alibi_slopes=self.alibi_slopes,
                         key_padding_mask=key_padding_mask)              # (B, H, T, D)
         return self.wo(y.transpose(0, 2, 1, 3).reshape(B, T, C))
@@ -56,3 +64,26 @@ class Attention(Module):
     def extra_repr(self):
         return (f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
                 f"positions={self.positions}, causal={self.causal}, window={self.window}")
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one attention layer, pre-allocated.
+
+    k, v: (B, Hkv, max_len, D). append() writes the new tokens' keys and values after the
+    cached ones and returns views of everything cached: inference only (no gradient flows).
+    """
+
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=np.float32):
+        self.k = np.zeros((batch, n_kv_heads, max_len, head_dim), dtype=dtype)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k, v):
+        T = k.shape[2]
+        if self.length + T > self.k.shape[2]:
+            raise ValueError(f"KVCache: {self.length} cached + {T} new tokens exceed its size {self.k.shape[2]}")
+        end = self.length + T
+        self.k[:, :, self.length:end] = k.data if isinstance(k, Tensor) else k
+        self.v[:, :, self.length:end] = v.data if isinstance(v, Tensor) else v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]

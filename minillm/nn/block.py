@@ -32,7 +32,7 @@ class TransformerBlock(Module):
             self.ffn = MLP(d_model, d_ff, bias, init_std, rng, dtype)
         self.dropout = Dropout(dropout, rng=rng)
 
-    def forward(self, x, positions=None, key_padding_mask=None):
-        """x: (B, T, C) -> (B, T, C)."""
-        x = x + self.dropout(self.attn(self.norm1(x), positions, key_padding_mask))
+    def forward(self, x, positions=None, key_padding_mask=None, cache=None):
+        """x: (B, T, C) -> (B, T, C). cache: this block's KVCache when generating."""
+        x = x + self.dropout(self.attn(self.norm1(x), positions, key_padding_mask, cache))
         return x + self.dropout(self.ffn(self.norm2(x)))

@@ -1,0 +1,258 @@
+"""Pretraining on next-token prediction: the loop behind `minillm train`.
+
+Each step: for grad_accum micro-batches, loss = cross_entropy(model(x), y) / grad_accum and
+backward; clip the global gradient norm; AdamW step at the cosine-with-warmup learning rate.
+Every eval_interval steps (and at the end) estimate train/val loss on fixed batches and save a
+checkpoint. Runs are seeded and deterministic: --resume continues bit-exactly, because the
+checkpoint holds the weights, the optimizer moments, the step and every RNG state.
+"""
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .data import TokenData, build_tokenizer, cached_token_ids, read_text, tokenizer_from_dict
+from .generate import generate
+from .models import DecoderLM, ModelConfig
+from .optim import SGD, AdamW, clip_grad_norm, cosine_lr, param_groups
+from .tensor import no_grad
+
+
+@dataclass
+class TrainConfig:
+    tokenizer: str = "char"
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    optimizer: str = "adamw"       # adamw | sgd
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0         # 0: no clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    val_fraction: float = 0.1
+    seed: int = 1337
+    sample_tokens: int = 200       # length of the sample printed at the end (0: none)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def estimate_loss(model, data, config, block_size, step):
+    """Mean loss over eval_iters batches of each split, drawn from an RNG fixed by (seed, step)."""
+    model.eval()
+    losses = {}
+    with no_grad():
+        for split in ("train", "val"):
+            rng = np.random.default_rng([config.seed, step, split == "val"])
+            total = 0.0
+            for _ in range(config.eval_iters):
+                x, y = data.get_batch(split, config.batch_size, block_size, rng)
+                total += float(model(x, y)[1].data)
+            losses[split] = total / config.eval_iters
+    model.train()
+    return losses
+
+
+class Trainer:
+    """Holds a run's model, optimizer, data and RNGs; `run()` trains to max_iters."""
+
+    def __init__(self, model_config, train_config, out_dir, data_path=None, resume=False, progress=True, log=print):
+        self.config, self.out_dir, self.progress, self.log = train_config, out_dir, progress, log
+        text = read_text(data_path)
+        saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
+        if saved:
+            self.tokenizer = tokenizer_from_dict(saved["config"]["tokenizer"])
+            model_config = ModelConfig.from_dict(saved["config"]["model"])
+            self.config = train_config = TrainConfig.from_dict(saved["state"]["train_config"] | {
+                "max_iters": train_config.max_iters})
+        else:
+            self.tokenizer = build_tokenizer(train_config.tokenizer, text)
+        if model_config.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(f"the model's vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
+                             f"{self.tokenizer.vocab_size}")
+        ids = cached_token_ids(text, self.tokenizer, data_path, os.path.join(out_dir, "cache") if data_path is None
+                               else os.path.dirname(os.path.abspath(data_path)))
+        self.data = TokenData(ids, train_config.val_fraction)
+        self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
+        self.model = DecoderLM(model_config, rng=self.init_rng)
+        self.data_rng = np.random.default_rng([train_config.seed, 1])
+        groups = param_groups(self.model, train_config.weight_decay)
+        if train_config.optimizer == "adamw":
+            self.optimizer = AdamW(groups, train_config.lr, (train_config.beta1, train_config.beta2))
+        elif train_config.optimizer == "sgd":
+            self.optimizer = SGD(groups, train_config.lr)
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {train_config.optimizer!r}")
+        self.step = 0
+        self.best_val = math.inf
+        self.resumed_at = None
+        if saved:
+            try:
+                self.model.load_state_dict(saved["model"])
+            except (KeyError, ValueError) as error:
+                raise ckpt.CheckpointError(f"checkpoint weights do not match its config: {error}") from None
+            self.optimizer.load_state_dict({"step": saved["state"]["optimizer_step"], "state": saved["optimizer"]})
+            state = saved["state"]
+            self.step = self.resumed_at = state["step"]
+            self.best_val = state.get("best_val", math.inf)
+            self.data_rng.bit_generator.state = state["rng"]["data"]
+            self.init_rng.bit_generator.state = state["rng"]["init"]
+
+    def save(self, losses=None):
+        state = {"step": self.step, "train_config": asdict(self.config), "best_val": self.best_val,
+                 "losses": losses, "rng": {"data": self.data_rng.bit_generator.state,
+                                           "init": self.init_rng.bit_generator.state}}
+        ckpt.save_checkpoint(self.out_dir, self.model, self.tokenizer, self.optimizer, state)
+
+    def train_step(self):
+        """One optimizer step; returns (loss, grad_norm, lr)."""
+        c, block = self.config, self.model.config.block_size
+        lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters)
+        self.optimizer.lr = lr
+        total = 0.0
+        for _ in range(c.grad_accum):
+            x, y = self.data.get_batch("train", c.batch_size, block, self.data_rng)
+            _, loss = self.model(x, y)
+            (loss * (1.0 / c.grad_accum)).backward()
+            total += float(loss.data) / c.grad_accum
+        if not math.isfinite(total):
+            raise TrainingDiverged(f"the loss became {total} at step {self.step}; stopped, and the last checkpoint "
+                                   f"in {self.out_dir} was left as it was (try a lower --lr)")
+        grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        return total, grad_norm, lr
+
+    def evaluate_and_save(self, log_file):
+        losses = estimate_loss(self.model, self.data, self.config, self.model.config.block_size, self.step)
+        self.best_val = min(self.best_val, losses["val"])
+        self.save(losses)
+        self.log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log_file.write(json.dumps({"step": self.step, "eval": True, **losses}) + "\n")
+        log_file.flush()
+        return losses
+
+    def run(self):
+        c = self.config
+        os.makedirs(self.out_dir, exist_ok=True)
+        tokens_per_step = c.batch_size * c.grad_accum * self.model.config.block_size
+        losses = None
+        start_time = time.perf_counter()
+        step_losses = []
+        with open(os.path.join(self.out_dir, "train_log.jsonl"), "a") as log_file:
+            bar = _progress(self.step, c.max_iters, self.progress)
+            while self.step < c.max_iters:
+                if self.step % c.eval_interval == 0 and c.eval_iters and self.step != self.resumed_at:
+                    losses = self.evaluate_and_save(log_file)
+                t0 = time.perf_counter()
+                loss, grad_norm, lr = self.train_step()
+                step_losses.append(loss)
+                tok_s = tokens_per_step / (time.perf_counter() - t0)
+                log_file.write(json.dumps({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                           "tokens_per_s": tok_s}) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            if bar is not None:
+                bar.close()
+            if c.eval_iters:
+                losses = self.evaluate_and_save(log_file)
+            else:
+                self.save()
+        return {"step": self.step, "losses": losses, "step_losses": step_losses,
+                "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib()}
+
+    def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
+        ids = self.tokenizer.encode(prompt).tolist()
+        out = generate(self.model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
+                       seed=self.config.seed if seed is None else seed)
+        return prompt + self.tokenizer.decode(out[0])
+
+
+def _progress(start, total, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def peak_memory_mib():
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def evaluate_split(model, ids, batch_size=32, progress=False):
+    """Exact mean loss over a token stream cut into consecutive windows of the context length."""
+    block = model.config.block_size
+    n = (len(ids) - 1) // block
+    if n < 1:
+        raise ValueError(f"evaluation needs more than {block + 1} tokens, got {len(ids)}")
+    x_all = np.asarray(ids[: n * block], dtype=np.int64).reshape(n, block)
+    y_all = np.asarray(ids[1: n * block + 1], dtype=np.int64).reshape(n, block)
+    total = 0.0
+    bar = _progress(0, n, progress)
+    model.eval()
+    with no_grad():
+        for i in range(0, n, batch_size):
+            x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]
+            total += float(model(x, y)[1].data) * len(x)
+            if bar is not None:
+                bar.update(len(x))
+    if bar is not None:
+        bar.close()
+    return total / n
+
+
+def plot_losses(out_dir, path=None):
+    """Draw train (per step) and eval losses from train_log.jsonl into a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
+    steps, loss, eval_steps, train_eval, val_eval = [], [], [], [], []
+    with open(os.path.join(out_dir, "train_log.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("eval"):
+                eval_steps.append(r["step"]), train_eval.append(r["train"]), val_eval.append(r["val"])
+            else:
+                steps.append(r["step"]), loss.append(r["loss"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, lw=0.8, alpha=0.6, label="train (batch)")
+    ax.plot(eval_steps, train_eval, "o-", label="train (eval)")
+    ax.plot(eval_steps, val_eval, "o-", label="val (eval)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = path or os.path.join(out_dir, "loss.png")
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
