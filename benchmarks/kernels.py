@@ -102,13 +102,12 @@ def attention_rows(repeats, quick):
 
 def memory_case(backend, T):
     """Run in a child process: peak RSS growth (MiB) of one attention fwd+bwd at length T."""
-    import resource
+    from minillm.train import peak_memory_mib
     q, k, v, dout = attention_inputs(4, 8, T, 64)
     impl = reference if backend == "numpy" else native.attention
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_memory_mib()
     attention_step(impl, q, k, v, dout)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (after - before) / 1024.0}))
+    print(json.dumps({"peak_mib": peak_memory_mib() - before}))
 
 
 def memory_rows(quick):

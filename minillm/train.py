@@ -199,7 +199,18 @@ def _progress(start, total, enabled):
 
 
 def peak_memory_mib():
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far, in MiB.
+
+    Linux: VmHWM from /proc/self/status (ru_maxrss would include the parent's peak when this
+    process was started by fork + exec); elsewhere ru_maxrss (macOS reports bytes).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
