@@ -6,8 +6,9 @@
 //   silu:  y = x s(x),   dy/dx = s (1 + x (1 - s))
 // s and 1 - s come from e = exp(-|z|) <= 1: for z >= 0, s = 1 / (1 + e) and 1 - s = e / (1 + e),
 // mirrored for z < 0, so exp never overflows and both keep full relative precision in the tails.
-// GELU clamps x to [-20, 20] inside s and the derivative: there s is already exactly 0 or 1 in
-// float64, and x^3 can no longer overflow into inf * 0 = NaN. NaN inputs stay NaN.
+// GELU clamps x to [-30, 30] inside s and the derivative: beyond, 2u > 1900 and s is exactly 0 or 1
+// even in float64 (exp underflows below -745), and x^3 can no longer overflow into inf * 0 = NaN.
+// NaN inputs stay NaN.
 #include <algorithm>
 #include <cmath>
 
@@ -18,7 +19,7 @@ namespace minillm {
 
 constexpr double kGeluC = 0.79788456080286535588;   // sqrt(2 / pi)
 constexpr double kGeluA = 0.044715;
-constexpr double kGeluClamp = 20.0;
+constexpr double kGeluClamp = 30.0;
 constexpr std::int64_t kBlock = 4096;   // elements per OpenMP work item
 
 // ---- scalar twins ----

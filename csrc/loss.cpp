@@ -12,6 +12,7 @@
 
 namespace minillm {
 
+
 // One row: returns nll and writes g = softmax(x) - onehot(t). x, g: (V,).
 template <typename T>
 static T cross_entropy_row_scalar(const T* x, std::int64_t t, T* g, std::int64_t V) {
@@ -71,9 +72,16 @@ MINILLM_AVX2 static float cross_entropy_row_avx2(const float* x, std::int64_t t,
     return (m - x[t]) + std::log(s);
 }
 
-MINILLM_AVX2 static void scale_row_avx2(const float* g, float scale, float* out, std::int64_t V) {
+// out = g * scale. With `stream`, the stores bypass the cache (non-temporal): for an output far
+// larger than the L3 that saves reading each line before writing it and keeps g's lines cached.
+MINILLM_AVX2 static void scale_row_avx2(const float* g, float scale, float* out, std::int64_t V, bool stream) {
     const __m256 vs = _mm256_set1_ps(scale);
     std::int64_t i = 0;
+    if (stream) {
+        for (; i < V && (reinterpret_cast<std::uintptr_t>(out + i) & 31); ++i) out[i] = g[i] * scale;
+        for (; i + 8 <= V; i += 8) _mm256_stream_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), vs));
+        _mm_sfence();   // order the non-temporal stores before anything this thread does next
+    }
     for (; i + 8 <= V; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), vs));
     for (; i < V; ++i) out[i] = g[i] * scale;
 }
@@ -104,15 +112,15 @@ void cross_entropy_forward(const T* logits, const std::int64_t* targets, std::in
 
 template <typename T>
 void cross_entropy_backward(const T* g, const T* row_scale, T* dlogits, std::int64_t N, std::int64_t V) {
-    const bool simd = simd_path<T>();
+    const bool simd = simd_path<T>(), stream = N * V * std::int64_t(sizeof(T)) >= kStreamBytes;
     parallel_rows(N, V, [&](std::int64_t r) {
 #if MINILLM_X86
         if constexpr (std::is_same<T, float>::value)
-            if (simd) return scale_row_avx2(g + r * V, row_scale[r], dlogits + r * V, V);
+            if (simd) return scale_row_avx2(g + r * V, row_scale[r], dlogits + r * V, V, stream);
 #endif
         scale_row_scalar(g + r * V, row_scale[r], dlogits + r * V, V);
     });
-    (void)simd;
+    (void)simd, (void)stream;
 }
 
 template void cross_entropy_forward<float>(const float*, const std::int64_t*, std::int64_t, float*, float*,

@@ -20,6 +20,11 @@ inline bool simd_path() {
 #endif
 }
 
+// Outputs of at least this many bytes (twice the 32 MiB L3) are written with non-temporal stores:
+// they will not be read again before they leave the cache, and streaming skips reading each line
+// before it is written.
+constexpr std::int64_t kStreamBytes = std::int64_t(64) << 20;
+
 // body(r) for every r in [0, rows); over OpenMP threads when rows * cols elements of work
 // are enough to pay for a parallel region.
 template <typename F>

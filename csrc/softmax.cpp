@@ -73,14 +73,24 @@ MINILLM_AVX2 static void softmax_row_avx2(const float* x, float* y, std::int64_t
     for (; i < n; ++i) y[i] *= 1.0f / s;
 }
 
-MINILLM_AVX2 static void softmax_backward_row_avx2(const float* dy, const float* y, float* dx, std::int64_t n) {
+// With `stream` (a large output, see kStreamBytes) dx is written with non-temporal stores once
+// dx + i is 32-byte aligned.
+MINILLM_AVX2 static void softmax_backward_row_avx2(const float* dy, const float* y, float* dx, std::int64_t n,
+                                                   bool stream) {
     std::int64_t i = 0;
     __m256 vd = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) vd = _mm256_fmadd_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(y + i), vd);
     float dot = hsum(vd);
     for (; i < n; ++i) dot += dy[i] * y[i];
     const __m256 vdot = _mm256_set1_ps(dot);
-    for (i = 0; i + 8 <= n; i += 8) {
+    i = 0;
+    if (stream) {
+        for (; i < n && (reinterpret_cast<std::uintptr_t>(dx + i) & 31); ++i) dx[i] = y[i] * (dy[i] - dot);
+        for (; i + 8 <= n; i += 8)
+            _mm256_stream_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), _mm256_sub_ps(_mm256_loadu_ps(dy + i), vdot)));
+        _mm_sfence();
+    }
+    for (; i + 8 <= n; i += 8) {
         __m256 g = _mm256_sub_ps(_mm256_loadu_ps(dy + i), vdot);
         _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), g));
     }
@@ -107,14 +117,22 @@ MINILLM_AVX2 static void log_softmax_row_avx2(const float* x, float* y, std::int
     for (; i < n; ++i) y[i] = (x[i] - m) - log_s;
 }
 
-MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const float* y, float* dx, std::int64_t n) {
+MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const float* y, float* dx, std::int64_t n,
+                                                       bool stream) {
     std::int64_t i = 0;
     __m256 vsum = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) vsum = _mm256_add_ps(vsum, _mm256_loadu_ps(dy + i));
     float sum = hsum(vsum);
     for (; i < n; ++i) sum += dy[i];
     const __m256 vs = _mm256_set1_ps(sum);
-    for (i = 0; i + 8 <= n; i += 8)   // dx = dy - exp(y) * sum
+    i = 0;
+    if (stream) {   // as in softmax_backward_row_avx2
+        for (; i < n && (reinterpret_cast<std::uintptr_t>(dx + i) & 31); ++i) dx[i] = dy[i] - std::exp(y[i]) * sum;
+        for (; i + 8 <= n; i += 8)
+            _mm256_stream_ps(dx + i, _mm256_fnmadd_ps(exp256(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
+        _mm_sfence();
+    }
+    for (; i + 8 <= n; i += 8)   // dx = dy - exp(y) * sum
         _mm256_storeu_ps(dx + i, _mm256_fnmadd_ps(exp256(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
     for (; i < n; ++i) dx[i] = dy[i] - std::exp(y[i]) * sum;
 }
@@ -135,15 +153,15 @@ void softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n) {
 
 template <typename T>
 void softmax_backward(const T* dy, const T* y, T* dx, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>();
+    const bool simd = simd_path<T>(), stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
     parallel_rows(rows, n, [&](std::int64_t r) {
 #if MINILLM_X86
         if constexpr (std::is_same<T, float>::value)
-            if (simd) return softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n);
+            if (simd) return softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n, stream);
 #endif
         softmax_backward_row_scalar(dy + r * n, y + r * n, dx + r * n, n);
     });
-    (void)simd;
+    (void)simd, (void)stream;
 }
 
 template <typename T>
@@ -161,15 +179,15 @@ void log_softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n) {
 
 template <typename T>
 void log_softmax_backward(const T* dy, const T* y, T* dx, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>();
+    const bool simd = simd_path<T>(), stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
     parallel_rows(rows, n, [&](std::int64_t r) {
 #if MINILLM_X86
         if constexpr (std::is_same<T, float>::value)
-            if (simd) return log_softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n);
+            if (simd) return log_softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n, stream);
 #endif
         log_softmax_backward_row_scalar(dy + r * n, y + r * n, dx + r * n, n);
     });
-    (void)simd;
+    (void)simd, (void)stream;
 }
 
 template void softmax_forward<float>(const float*, float*, std::int64_t, std::int64_t);
