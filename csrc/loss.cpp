@@ -46,15 +46,15 @@ MINILLM_AVX2 static float cross_entropy_row_avx2(const float* x, std::int64_t t,
     const __m256 vmax = _mm256_set1_ps(m);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (i = 0; i + 16 <= V; i += 16) {
-        __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
-        __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vmax));
+        __m256 e0 = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        __m256 e1 = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vmax));
         _mm256_storeu_ps(g + i, e0);
         _mm256_storeu_ps(g + i + 8, e1);
         s0 = _mm256_add_ps(s0, e0);
         s1 = _mm256_add_ps(s1, e1);
     }
     for (; i + 8 <= V; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        __m256 e = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
         _mm256_storeu_ps(g + i, e);
         s0 = _mm256_add_ps(s0, e);
     }

@@ -25,6 +25,31 @@ inline bool simd_path() {
 // before it is written.
 constexpr std::int64_t kStreamBytes = std::int64_t(64) << 20;
 
+#if MINILLM_X86
+// exp(x) for x <= 0: the softmax family only exponentiates x - max(x) and log-probabilities. It is
+// exp256 (same polynomial, same accuracy) without the overflow branch, and since the clamp at
+// -87.34 keeps n = round(x / ln2) in [-126, 0], 2^n is built in one step. Below -87.34 gives 0;
+// NaN stays NaN (max_ps returns its second operand when one is NaN).
+MINILLM_AVX2 inline __m256 exp256_nonpos(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3365f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);   // r = x - n ln2 (Cody-Waite)
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
 // body(r) for every r in [0, rows); over OpenMP threads when rows * cols elements of work
 // are enough to pay for a parallel region.
 template <typename F>

@@ -58,7 +58,7 @@ MINILLM_AVX2 static void softmax_row_avx2(const float* x, float* y, std::int64_t
     const __m256 vmax = _mm256_set1_ps(m);
     __m256 vs = _mm256_setzero_ps();
     for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        __m256 e = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
         _mm256_storeu_ps(y + i, e);
         vs = _mm256_add_ps(vs, e);
     }
@@ -106,7 +106,7 @@ MINILLM_AVX2 static void log_softmax_row_avx2(const float* x, float* y, std::int
 
     const __m256 vmax = _mm256_set1_ps(m);
     __m256 vs = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= n; i += 8) vs = _mm256_add_ps(vs, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax)));
+    for (i = 0; i + 8 <= n; i += 8) vs = _mm256_add_ps(vs, exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax)));
     float s = hsum(vs);
     for (; i < n; ++i) s += std::exp(x[i] - m);
 
@@ -129,11 +129,11 @@ MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const fl
     if (stream) {   // as in softmax_backward_row_avx2
         for (; i < n && (reinterpret_cast<std::uintptr_t>(dx + i) & 31); ++i) dx[i] = dy[i] - std::exp(y[i]) * sum;
         for (; i + 8 <= n; i += 8)
-            _mm256_stream_ps(dx + i, _mm256_fnmadd_ps(exp256(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
+            _mm256_stream_ps(dx + i, _mm256_fnmadd_ps(exp256_nonpos(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
         _mm_sfence();
     }
     for (; i + 8 <= n; i += 8)   // dx = dy - exp(y) * sum
-        _mm256_storeu_ps(dx + i, _mm256_fnmadd_ps(exp256(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
+        _mm256_storeu_ps(dx + i, _mm256_fnmadd_ps(exp256_nonpos(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
     for (; i < n; ++i) dx[i] = dy[i] - std::exp(y[i]) * sum;
 }
 #endif
