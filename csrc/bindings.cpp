@@ -105,7 +105,8 @@ void check_param(const char* fn, const char* name, const py::array& v, const py:
         throw py::value_error(std::string(fn) + ": " + name + " has shape " + shape_str(v) + " but x has shape " +
                               shape_str(x) + "; " + name + " must be (" + std::to_string(C) + ",)");
     if (!v.dtype().is(x.dtype()))
-        throw py::value_error(std::string(fn) + ": " + name + " must have x's dtype " + std::string(py::str(x.dtype())) +
+        throw py::value_error(std::string(fn) + ": " + name + " must have x's dtype " +
+                              std::string(py::str(x.dtype())) +
                               ", got " + std::string(py::str(v.dtype())));
 }
 
@@ -192,7 +193,8 @@ py::tuple py_cross_entropy_forward(const py::array& logits, const py::array& tar
     if (logits.ndim() != 2)
         throw py::value_error(std::string(fn) + ": logits must be (N, V), got shape " + shape_str(logits));
     if (!targets.dtype().is(py::dtype::of<std::int64_t>()))
-        throw py::value_error(std::string(fn) + ": targets must be int64, got " + std::string(py::str(targets.dtype())));
+        throw py::value_error(std::string(fn) + ": targets must be int64, got " +
+                              std::string(py::str(targets.dtype())));
     if (!(targets.flags() & py::array::c_style) || targets.ndim() != 1 || targets.shape(0) != logits.shape(0))
         throw py::value_error(std::string(fn) + ": targets must be a contiguous (" + std::to_string(logits.shape(0)) +
                               ",) array for logits of shape " + shape_str(logits) + ", got " + shape_str(targets));
@@ -401,7 +403,8 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- norm
     m.def("rms_norm_forward", &py_rms_norm_forward, py::arg("x"), py::arg("weight"), py::arg("eps"),
-          "(y, inv_rms): y = x * inv_rms * weight, inv_rms = 1/sqrt(mean(x^2, -1) + eps) of shape x.shape[:-1] + (1,).");
+          "(y, inv_rms): y = x * inv_rms * weight, inv_rms = 1/sqrt(mean(x^2, -1) + eps) of shape "
+          "x.shape[:-1] + (1,).");
     m.def("rms_norm_backward", &py_rms_norm_backward, py::arg("dy"), py::arg("x"), py::arg("weight"),
           py::arg("inv_rms"), "(dx, dweight) of rms_norm_forward.");
     m.def("layer_norm_forward", &py_layer_norm_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),

@@ -182,34 +182,36 @@ MINILLM_AVX2 static void layer_backward_row_avx2(const float* dy, const float* x
 }
 #endif
 
-// ---- drivers: OpenMP over rows ----
-// Each picks the AVX2 row function for float32 (unless forced scalar), else the scalar twin.
-#if MINILLM_X86
-#define MINILLM_ROW(T, avx2_call, scalar_call) \
-    if constexpr (std::is_same<T, float>::value) { if (simd) return avx2_call; } return scalar_call
-#else
-#define MINILLM_ROW(T, avx2_call, scalar_call) return scalar_call
-#endif
+// ---- drivers: OpenMP over rows; the AVX2 row function for float32 (unless forced scalar) ----
 
 template <typename T>
 void rms_norm_forward(const T* x, const T* w, double eps, T* y, T* inv_rms, std::int64_t rows, std::int64_t C) {
     const bool simd = simd_path<T>();
     parallel_rows(rows, C, [&](std::int64_t r) {
-        const std::int64_t o = r * C;
-        MINILLM_ROW(T, void(inv_rms[r] = rms_forward_row_avx2(x + o, w, y + o, C, eps)),
-                    void(inv_rms[r] = rms_forward_row_scalar(x + o, w, y + o, C, eps)));
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value)
+            if (simd) {
+                inv_rms[r] = rms_forward_row_avx2(x + r * C, w, y + r * C, C, eps);
+                return;
+            }
+#endif
+        inv_rms[r] = rms_forward_row_scalar(x + r * C, w, y + r * C, C, eps);
     });
     (void)simd;
 }
 
+// dw is summed over rows in one buffer per thread (parallel_rows_reduce), never with atomics.
 template <typename T>
 void rms_norm_backward(const T* dy, const T* x, const T* w, const T* inv_rms, T* dx, T* dw, std::int64_t rows,
                        std::int64_t C) {
     const bool simd = simd_path<T>();
     parallel_rows_reduce<T>(rows, C, C, dw, [&](std::int64_t r, T* dw_part) {
         const std::int64_t o = r * C;
-        MINILLM_ROW(T, rms_backward_row_avx2(dy + o, x + o, w, inv_rms[r], dx + o, dw_part, C),
-                    rms_backward_row_scalar(dy + o, x + o, w, inv_rms[r], dx + o, dw_part, C));
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value)
+            if (simd) return rms_backward_row_avx2(dy + o, x + o, w, inv_rms[r], dx + o, dw_part, C);
+#endif
+        rms_backward_row_scalar(dy + o, x + o, w, inv_rms[r], dx + o, dw_part, C);
     });
     (void)simd;
 }
@@ -220,28 +222,36 @@ void layer_norm_forward(const T* x, const T* w, const T* b, double eps, T* y, T*
     const bool simd = simd_path<T>();
     parallel_rows(rows, C, [&](std::int64_t r) {
         const std::int64_t o = r * C;
-        MINILLM_ROW(T, void(inv_std[r] = layer_forward_row_avx2(x + o, w, b, y + o, x_hat + o, C, eps)),
-                    void(inv_std[r] = layer_forward_row_scalar(x + o, w, b, y + o, x_hat + o, C, eps)));
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value)
+            if (simd) {
+                inv_std[r] = layer_forward_row_avx2(x + o, w, b, y + o, x_hat + o, C, eps);
+                return;
+            }
+#endif
+        inv_std[r] = layer_forward_row_scalar(x + o, w, b, y + o, x_hat + o, C, eps);
     });
     (void)simd;
 }
 
+// dw and db share one per-thread buffer of 2C values: [dw | db].
 template <typename T>
 void layer_norm_backward(const T* dy, const T* x_hat, const T* w, const T* inv_std, T* dx, T* dw, T* db,
                          std::int64_t rows, std::int64_t C) {
     const bool simd = simd_path<T>();
-    // One partial buffer of 2C per thread: [dw | db].
     std::vector<T> sums(2 * C);
     parallel_rows_reduce<T>(rows, C, 2 * C, sums.data(), [&](std::int64_t r, T* part) {
         const std::int64_t o = r * C;
-        MINILLM_ROW(T, layer_backward_row_avx2(dy + o, x_hat + o, w, inv_std[r], dx + o, part, part + C, C),
-                    layer_backward_row_scalar(dy + o, x_hat + o, w, inv_std[r], dx + o, part, part + C, C));
+#if MINILLM_X86
+        if constexpr (std::is_same<T, float>::value)
+            if (simd) return layer_backward_row_avx2(dy + o, x_hat + o, w, inv_std[r], dx + o, part, part + C, C);
+#endif
+        layer_backward_row_scalar(dy + o, x_hat + o, w, inv_std[r], dx + o, part, part + C, C);
     });
     std::copy(sums.begin(), sums.begin() + C, dw);
     std::copy(sums.begin() + C, sums.end(), db);
     (void)simd;
 }
-#undef MINILLM_ROW
 
 template void rms_norm_forward<float>(const float*, const float*, double, float*, float*, std::int64_t, std::int64_t);
 template void rms_norm_forward<double>(const double*, const double*, double, double*, double*, std::int64_t,

@@ -86,8 +86,10 @@ MINILLM_AVX2 static void softmax_backward_row_avx2(const float* dy, const float*
     i = 0;
     if (stream) {
         for (; i < n && (reinterpret_cast<std::uintptr_t>(dx + i) & 31); ++i) dx[i] = y[i] * (dy[i] - dot);
-        for (; i + 8 <= n; i += 8)
-            _mm256_stream_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), _mm256_sub_ps(_mm256_loadu_ps(dy + i), vdot)));
+        for (; i + 8 <= n; i += 8) {
+            __m256 g = _mm256_sub_ps(_mm256_loadu_ps(dy + i), vdot);
+            _mm256_stream_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), g));
+        }
         _mm_sfence();
     }
     for (; i + 8 <= n; i += 8) {
@@ -128,8 +130,10 @@ MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const fl
     i = 0;
     if (stream) {   // as in softmax_backward_row_avx2
         for (; i < n && (reinterpret_cast<std::uintptr_t>(dx + i) & 31); ++i) dx[i] = dy[i] - std::exp(y[i]) * sum;
-        for (; i + 8 <= n; i += 8)
-            _mm256_stream_ps(dx + i, _mm256_fnmadd_ps(exp256_nonpos(_mm256_loadu_ps(y + i)), vs, _mm256_loadu_ps(dy + i)));
+        for (; i + 8 <= n; i += 8) {
+            __m256 p = exp256_nonpos(_mm256_loadu_ps(y + i));
+            _mm256_stream_ps(dx + i, _mm256_fnmadd_ps(p, vs, _mm256_loadu_ps(dy + i)));
+        }
         _mm_sfence();
     }
     for (; i + 8 <= n; i += 8)   // dx = dy - exp(y) * sum
