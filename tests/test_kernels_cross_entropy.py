@@ -141,3 +141,23 @@ def test_fuzz_cross_entropy_backward_binding_never_crashes(shape, scale_len, dty
         pass
     else:
         assert out.shape == g.shape and np.all(out == 2)
+
+
+@given(st.lists(st.integers(0, 4), min_size=0, max_size=3), st.lists(st.integers(-3, 6), max_size=5),
+       st.sampled_from([np.float32, np.float64, np.int32]), st.sampled_from([np.int64, np.int32, np.float64]),
+       st.booleans(), st.sampled_from([-100, -1, 3]))
+def test_fuzz_cross_entropy_forward_binding_never_crashes(shape, targets, dtype, tdtype, transpose, ignore_index):
+    logits = np.zeros(shape, dtype)
+    if transpose:
+        logits = logits.T
+    targets = np.array(targets, tdtype)
+    try:
+        nll, g = native._C.cross_entropy_forward(logits, targets, ignore_index)
+    except (ValueError, TypeError):
+        return
+    # accepted: (N, V) logits and N int64 targets, each in [0, V) or ignored; zero logits give nll = log V
+    N, V = logits.shape
+    kept = targets != ignore_index
+    assert nll.shape == (N,) and g.shape == (N, V)
+    np.testing.assert_allclose(nll[kept], np.log(V), rtol=1e-6)
+    assert np.all(nll[~kept] == 0) and np.all(g[~kept] == 0)
