@@ -54,6 +54,7 @@ MINILLM_AVX2 inline __m256 exp256_nonpos(__m256 x) {
 // are enough to pay for a parallel region.
 template <typename F>
 inline void parallel_rows(std::int64_t rows, std::int64_t cols, F&& body) {
+    (void)cols;   // only the OpenMP build uses it
 #if defined(MINILLM_OPENMP)
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelThreshold && rows > 1)
 #endif
@@ -65,6 +66,7 @@ inline void parallel_rows(std::int64_t rows, std::int64_t cols, F&& body) {
 // buffer, so the reduction needs no atomics, and the sum order is fixed for a given thread count.
 template <typename T, typename F>
 inline void parallel_rows_reduce(std::int64_t rows, std::int64_t cols, std::int64_t width, T* out, F&& body) {
+    (void)cols;
     int threads = 1;
 #if defined(MINILLM_OPENMP)
     if (rows * cols >= kParallelThreshold && rows > 1) threads = omp_get_max_threads();
