@@ -3,7 +3,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -83,6 +85,298 @@ py::array py_softmax_backward(const py::array& dy, const py::array& y) {
     return dx;
 }
 
+// ---- helpers shared by the row-wise families (softmax, loss, norm, activation)
+
+bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+
+// (rows, C) view of an array whose last axis is C: C = last extent, rows = product of the others.
+std::pair<std::int64_t, std::int64_t> rows_cols(const py::array& a) {
+    const std::int64_t C = a.shape(a.ndim() - 1);
+    std::int64_t rows = 1;
+    for (py::ssize_t i = 0; i + 1 < a.ndim(); ++i) rows *= a.shape(i);
+    return {rows, C};
+}
+
+// `v` is a C-contiguous 1-D array of x's dtype and length C (a weight or bias of x's last axis).
+void check_param(const char* fn, const char* name, const py::array& v, const py::array& x) {
+    check_float_array(fn, name, v);
+    const std::int64_t C = x.shape(x.ndim() - 1);
+    if (v.ndim() != 1 || v.shape(0) != C)
+        throw py::value_error(std::string(fn) + ": " + name + " has shape " + shape_str(v) + " but x has shape " +
+                              shape_str(x) + "; " + name + " must be (" + std::to_string(C) + ",)");
+    if (!v.dtype().is(x.dtype()))
+        throw py::value_error(std::string(fn) + ": " + name + " must have x's dtype " +
+                              std::string(py::str(x.dtype())) +
+                              ", got " + std::string(py::str(v.dtype())));
+}
+
+// `s` is x.shape[:-1] + (1,) of x's dtype: the per-row statistic a norm's forward returns.
+void check_row_stat(const char* fn, const char* name, const py::array& s, const py::array& x) {
+    check_float_array(fn, name, s);
+    std::vector<py::ssize_t> want(x.shape(), x.shape() + x.ndim());
+    want.back() = 1;
+    bool same = s.ndim() == x.ndim() && s.dtype().is(x.dtype());
+    for (py::ssize_t i = 0; same && i < s.ndim(); ++i) same = s.shape(i) == want[i];
+    if (!same)
+        throw py::value_error(std::string(fn) + ": " + name + " has shape " + shape_str(s) + " and dtype " +
+                              std::string(py::str(s.dtype())) + "; with x of shape " + shape_str(x) +
+                              " it must be x.shape[:-1] + (1,) with x's dtype (what the forward returned)");
+}
+
+void check_eps(const char* fn, double eps) {
+    if (!(eps >= 0) || !std::isfinite(eps))
+        throw py::value_error(std::string(fn) + ": eps must be a finite number >= 0, got " + std::to_string(eps));
+}
+
+py::array empty_of(const py::array& like, std::vector<py::ssize_t> shape) { return py::array(like.dtype(), shape); }
+
+template <typename T>
+T* ptr(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+template <typename T>
+const T* cptr(const py::array& a) { return static_cast<const T*>(a.data()); }
+
+// ---- softmax: log-softmax
+
+template <typename T>
+void log_softmax_forward_t(const py::array& x, py::array& y) {
+    auto [rows, n] = rows_cols(x);
+    const T* xp = cptr<T>(x);
+    T* yp = ptr<T>(y);
+    py::gil_scoped_release release;
+    if (rows && n) log_softmax_forward<T>(xp, yp, rows, n);
+}
+
+template <typename T>
+void log_softmax_backward_t(const py::array& dy, const py::array& y, py::array& dx) {
+    auto [rows, n] = rows_cols(y);
+    const T *dyp = cptr<T>(dy), *yp = cptr<T>(y);
+    T* dxp = ptr<T>(dx);
+    py::gil_scoped_release release;
+    if (rows && n) log_softmax_backward<T>(dyp, yp, dxp, rows, n);
+}
+
+py::array py_log_softmax_forward(const py::array& x) {
+    check_float_array("log_softmax_forward", "x", x);
+    py::array y = empty_like(x);
+    if (is_f32(x)) log_softmax_forward_t<float>(x, y);
+    else log_softmax_forward_t<double>(x, y);
+    return y;
+}
+
+py::array py_log_softmax_backward(const py::array& dy, const py::array& y) {
+    check_float_array("log_softmax_backward", "dy", dy);
+    check_float_array("log_softmax_backward", "y", y);
+    check_same("log_softmax_backward", "dy", dy, "y", y);
+    py::array dx = empty_like(y);
+    if (is_f32(y)) log_softmax_backward_t<float>(dy, y, dx);
+    else log_softmax_backward_t<double>(dy, y, dx);
+    return dx;
+}
+
+// ---- loss: fused cross-entropy
+
+template <typename T>
+void cross_entropy_forward_t(const py::array& logits, const py::array& targets, std::int64_t ignore_index,
+                             py::array& nll, py::array& g) {
+    const std::int64_t N = logits.shape(0), V = logits.shape(1);
+    const T* lp = cptr<T>(logits);
+    const std::int64_t* tp = cptr<std::int64_t>(targets);
+    T *np_ = ptr<T>(nll), *gp = ptr<T>(g);
+    py::gil_scoped_release release;
+    if (N) cross_entropy_forward<T>(lp, tp, ignore_index, np_, gp, N, V);
+}
+
+// Returns (nll (N,), g (N, V)) with g = softmax(logits) - onehot(targets), rows of ignored targets 0.
+py::tuple py_cross_entropy_forward(const py::array& logits, const py::array& targets, std::int64_t ignore_index) {
+    const char* fn = "cross_entropy_forward";
+    check_float_array(fn, "logits", logits);
+    if (logits.ndim() != 2)
+        throw py::value_error(std::string(fn) + ": logits must be (N, V), got shape " + shape_str(logits));
+    if (!targets.dtype().is(py::dtype::of<std::int64_t>()))
+        throw py::value_error(std::string(fn) + ": targets must be int64, got " +
+                              std::string(py::str(targets.dtype())));
+    if (!(targets.flags() & py::array::c_style) || targets.ndim() != 1 || targets.shape(0) != logits.shape(0))
+        throw py::value_error(std::string(fn) + ": targets must be a contiguous (" + std::to_string(logits.shape(0)) +
+                              ",) array for logits of shape " + shape_str(logits) + ", got " + shape_str(targets));
+    const std::int64_t N = logits.shape(0), V = logits.shape(1);
+    const std::int64_t* tp = cptr<std::int64_t>(targets);
+    for (std::int64_t r = 0; r < N; ++r)   // before any kernel reads logits[r, targets[r]]
+        if (tp[r] != ignore_index && (tp[r] < 0 || tp[r] >= V))
+            throw py::value_error(std::string(fn) + ": targets[" + std::to_string(r) + "] = " + std::to_string(tp[r]) +
+                                  " is outside [0, " + std::to_string(V) + ") and not ignore_index (" +
+                                  std::to_string(ignore_index) + ")");
+    py::array nll = empty_of(logits, {N}), g = empty_like(logits);
+    if (is_f32(logits)) cross_entropy_forward_t<float>(logits, targets, ignore_index, nll, g);
+    else cross_entropy_forward_t<double>(logits, targets, ignore_index, nll, g);
+    return py::make_tuple(nll, g);
+}
+
+template <typename T>
+void cross_entropy_backward_t(const py::array& g, const py::array& scale, py::array& dlogits) {
+    const std::int64_t N = g.shape(0), V = g.shape(1);
+    const T *gp = cptr<T>(g), *sp = cptr<T>(scale);
+    T* dp = ptr<T>(dlogits);
+    py::gil_scoped_release release;
+    if (N && V) cross_entropy_backward<T>(gp, sp, dp, N, V);
+}
+
+// dlogits = g * row_scale[:, None]
+py::array py_cross_entropy_backward(const py::array& g, const py::array& row_scale) {
+    const char* fn = "cross_entropy_backward";
+    check_float_array(fn, "g", g);
+    check_float_array(fn, "row_scale", row_scale);
+    if (g.ndim() != 2 || row_scale.ndim() != 1 || row_scale.shape(0) != g.shape(0) || !row_scale.dtype().is(g.dtype()))
+        throw py::value_error(std::string(fn) + ": g must be (N, V) and row_scale (N,) of g's dtype, got " +
+                              shape_str(g) + " " + std::string(py::str(g.dtype())) + " and " + shape_str(row_scale) +
+                              " " + std::string(py::str(row_scale.dtype())));
+    py::array dlogits = empty_like(g);
+    if (is_f32(g)) cross_entropy_backward_t<float>(g, row_scale, dlogits);
+    else cross_entropy_backward_t<double>(g, row_scale, dlogits);
+    return dlogits;
+}
+
+// ---- norm: rms_norm, layer_norm over the last axis
+
+std::vector<py::ssize_t> stat_shape(const py::array& x) {   // x.shape[:-1] + (1,)
+    std::vector<py::ssize_t> s(x.shape(), x.shape() + x.ndim());
+    s.back() = 1;
+    return s;
+}
+
+template <typename T>
+void fill(py::array& a, T value) {
+    T* p = ptr<T>(a);
+    for (py::ssize_t i = 0; i < a.size(); ++i) p[i] = value;
+}
+
+py::tuple py_rms_norm_forward(const py::array& x, const py::array& weight, double eps) {
+    const char* fn = "rms_norm_forward";
+    check_float_array(fn, "x", x);
+    check_param(fn, "weight", weight, x);
+    check_eps(fn, eps);
+    py::array y = empty_like(x), inv = empty_of(x, stat_shape(x));
+    auto [rows, C] = rows_cols(x);
+    auto run = [&](auto zero) {
+        using T = decltype(zero);
+        if (C == 0) return fill<T>(inv, T(NAN));   // mean of nothing, like NumPy
+        const T *xp = cptr<T>(x), *wp = cptr<T>(weight);
+        T *yp = ptr<T>(y), *ip = ptr<T>(inv);
+        py::gil_scoped_release release;
+        rms_norm_forward<T>(xp, wp, eps, yp, ip, rows, C);
+    };
+    if (is_f32(x)) run(0.0f);
+    else run(0.0);
+    return py::make_tuple(y, inv);
+}
+
+py::tuple py_rms_norm_backward(const py::array& dy, const py::array& x, const py::array& weight,
+                               const py::array& inv_rms) {
+    const char* fn = "rms_norm_backward";
+    check_float_array(fn, "dy", dy);
+    check_float_array(fn, "x", x);
+    check_same(fn, "dy", dy, "x", x);
+    check_param(fn, "weight", weight, x);
+    check_row_stat(fn, "inv_rms", inv_rms, x);
+    py::array dx = empty_like(x), dw = empty_like(weight);
+    auto [rows, C] = rows_cols(x);
+    auto run = [&](auto zero) {
+        using T = decltype(zero);
+        const T *dyp = cptr<T>(dy), *xp = cptr<T>(x), *wp = cptr<T>(weight), *ip = cptr<T>(inv_rms);
+        T *dxp = ptr<T>(dx), *dwp = ptr<T>(dw);
+        py::gil_scoped_release release;
+        if (C) rms_norm_backward<T>(dyp, xp, wp, ip, dxp, dwp, rows, C);
+    };
+    if (is_f32(x)) run(0.0f);
+    else run(0.0);
+    return py::make_tuple(dx, dw);
+}
+
+py::tuple py_layer_norm_forward(const py::array& x, const py::array& weight, const py::array& bias, double eps) {
+    const char* fn = "layer_norm_forward";
+    check_float_array(fn, "x", x);
+    check_param(fn, "weight", weight, x);
+    check_param(fn, "bias", bias, x);
+    check_eps(fn, eps);
+    py::array y = empty_like(x), x_hat = empty_like(x), inv = empty_of(x, stat_shape(x));
+    auto [rows, C] = rows_cols(x);
+    auto run = [&](auto zero) {
+        using T = decltype(zero);
+        if (C == 0) return fill<T>(inv, T(NAN));
+        const T *xp = cptr<T>(x), *wp = cptr<T>(weight), *bp = cptr<T>(bias);
+        T *yp = ptr<T>(y), *hp = ptr<T>(x_hat), *ip = ptr<T>(inv);
+        py::gil_scoped_release release;
+        layer_norm_forward<T>(xp, wp, bp, eps, yp, hp, ip, rows, C);
+    };
+    if (is_f32(x)) run(0.0f);
+    else run(0.0);
+    return py::make_tuple(y, x_hat, inv);
+}
+
+py::tuple py_layer_norm_backward(const py::array& dy, const py::array& x_hat, const py::array& weight,
+                                 const py::array& inv_std) {
+    const char* fn = "layer_norm_backward";
+    check_float_array(fn, "dy", dy);
+    check_float_array(fn, "x_hat", x_hat);
+    check_same(fn, "dy", dy, "x_hat", x_hat);
+    check_param(fn, "weight", weight, x_hat);
+    check_row_stat(fn, "inv_std", inv_std, x_hat);
+    py::array dx = empty_like(x_hat), dw = empty_like(weight), db = empty_like(weight);
+    auto [rows, C] = rows_cols(x_hat);
+    auto run = [&](auto zero) {
+        using T = decltype(zero);
+        const T *dyp = cptr<T>(dy), *hp = cptr<T>(x_hat), *wp = cptr<T>(weight), *ip = cptr<T>(inv_std);
+        T *dxp = ptr<T>(dx), *dwp = ptr<T>(dw), *dbp = ptr<T>(db);
+        py::gil_scoped_release release;
+        if (C) layer_norm_backward<T>(dyp, hp, wp, ip, dxp, dwp, dbp, rows, C);
+    };
+    if (is_f32(x_hat)) run(0.0f);
+    else run(0.0);
+    return py::make_tuple(dx, dw, db);
+}
+
+// ---- activation: gelu, silu (elementwise, any shape)
+
+template <void (*F32)(const float*, float*, std::int64_t), void (*F64)(const double*, double*, std::int64_t)>
+py::array elementwise_forward(const char* fn, const py::array& x) {
+    check_float_array(fn, "x", x);
+    py::array y = empty_like(x);
+    const std::int64_t n = x.size();
+    if (is_f32(x)) {
+        const float* xp = cptr<float>(x);
+        float* yp = ptr<float>(y);
+        py::gil_scoped_release release;
+        if (n) F32(xp, yp, n);
+    } else {
+        const double* xp = cptr<double>(x);
+        double* yp = ptr<double>(y);
+        py::gil_scoped_release release;
+        if (n) F64(xp, yp, n);
+    }
+    return y;
+}
+
+template <void (*F32)(const float*, const float*, float*, std::int64_t),
+          void (*F64)(const double*, const double*, double*, std::int64_t)>
+py::array elementwise_backward(const char* fn, const py::array& dy, const py::array& x) {
+    check_float_array(fn, "dy", dy);
+    check_float_array(fn, "x", x);
+    check_same(fn, "dy", dy, "x", x);
+    py::array dx = empty_like(x);
+    const std::int64_t n = x.size();
+    if (is_f32(x)) {
+        const float *dyp = cptr<float>(dy), *xp = cptr<float>(x);
+        float* dxp = ptr<float>(dx);
+        py::gil_scoped_release release;
+        if (n) F32(dyp, xp, dxp, n);
+    } else {
+        const double *dyp = cptr<double>(dy), *xp = cptr<double>(x);
+        double* dxp = ptr<double>(dx);
+        py::gil_scoped_release release;
+        if (n) F64(dyp, xp, dxp, n);
+    }
+    return dx;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -92,6 +386,45 @@ PYBIND11_MODULE(_C, m) {
           "Softmax over the last axis of a C-contiguous float32/float64 array.");
     m.def("softmax_backward", &py_softmax_backward, py::arg("dy"), py::arg("y"),
           "dx = y * (dy - sum(dy * y, axis=-1)) for y = softmax(x).");
+
+    // ---- softmax: log-softmax
+    m.def("log_softmax_forward", &py_log_softmax_forward, py::arg("x"),
+          "y = x - logsumexp(x) over the last axis of a C-contiguous float32/float64 array.");
+    m.def("log_softmax_backward", &py_log_softmax_backward, py::arg("dy"), py::arg("y"),
+          "dx = dy - exp(y) * sum(dy, axis=-1) for y = log_softmax(x).");
+
+    // ---- loss: fused cross-entropy
+    m.def("cross_entropy_forward", &py_cross_entropy_forward, py::arg("logits"), py::arg("targets"),
+          py::arg("ignore_index"),
+          "(nll (N,), g (N, V)): per-row -log softmax(logits)[target] and g = softmax - onehot, both 0 on rows "
+          "whose target is ignore_index. targets: int64 in [0, V) or ignore_index.");
+    m.def("cross_entropy_backward", &py_cross_entropy_backward, py::arg("g"), py::arg("row_scale"),
+          "dlogits = g * row_scale[:, None].");
+
+    // ---- norm
+    m.def("rms_norm_forward", &py_rms_norm_forward, py::arg("x"), py::arg("weight"), py::arg("eps"),
+          "(y, inv_rms): y = x * inv_rms * weight, inv_rms = 1/sqrt(mean(x^2, -1) + eps) of shape "
+          "x.shape[:-1] + (1,).");
+    m.def("rms_norm_backward", &py_rms_norm_backward, py::arg("dy"), py::arg("x"), py::arg("weight"),
+          py::arg("inv_rms"), "(dx, dweight) of rms_norm_forward.");
+    m.def("layer_norm_forward", &py_layer_norm_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
+          py::arg("eps"), "(y, x_hat, inv_std): y = x_hat * weight + bias, x_hat = (x - mean) * inv_std.");
+    m.def("layer_norm_backward", &py_layer_norm_backward, py::arg("dy"), py::arg("x_hat"), py::arg("weight"),
+          py::arg("inv_std"), "(dx, dweight, dbias) of layer_norm_forward.");
+
+    // ---- activation
+    m.def("gelu_forward", [](const py::array& x) {
+        return elementwise_forward<gelu_forward<float>, gelu_forward<double>>("gelu_forward", x);
+    }, py::arg("x"), "GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).");
+    m.def("gelu_backward", [](const py::array& dy, const py::array& x) {
+        return elementwise_backward<gelu_backward<float>, gelu_backward<double>>("gelu_backward", dy, x);
+    }, py::arg("dy"), py::arg("x"), "dx = dy * gelu'(x).");
+    m.def("silu_forward", [](const py::array& x) {
+        return elementwise_forward<silu_forward<float>, silu_forward<double>>("silu_forward", x);
+    }, py::arg("x"), "SiLU: x * sigmoid(x).");
+    m.def("silu_backward", [](const py::array& dy, const py::array& x) {
+        return elementwise_backward<silu_backward<float>, silu_backward<double>>("silu_backward", dy, x);
+    }, py::arg("dy"), py::arg("x"), "dx = dy * sigmoid(x) (1 + x (1 - sigmoid(x))).");
 
     m.def("openmp", []() {
 #if defined(MINILLM_OPENMP)

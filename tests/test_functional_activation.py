@@ -20,7 +20,11 @@ def test_activations_match_definitions_without_overflow(x):
         gelu = F.gelu(x).data
     np.testing.assert_allclose(silu, x / (1 + np.exp(-np.clip(x, -700, 700))), rtol=1e-12, atol=1e-300)
     u = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
-    np.testing.assert_allclose(gelu, 0.5 * x * (1 + np.tanh(u)), rtol=1e-12, atol=1e-300)
+    # 1 + tanh(u) cancels where tanh(u) ~ -1 (x << 0), so the definition itself is only good to a few
+    # ulp of x there; a kernel may be more accurate (x * sigmoid(2u) has no cancellation). Allow that.
+    definition = 0.5 * x * (1 + np.tanh(u))
+    slack = 1e-12 * np.abs(definition) + 4 * np.finfo(np.float64).eps * np.abs(x) + 1e-300
+    assert np.all(np.abs(gelu - definition) <= slack), (x, gelu, definition)
 
 
 @st.composite

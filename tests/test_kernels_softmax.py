@@ -26,6 +26,13 @@ def tolerance(dtype, n):
     return (n + 4) * np.finfo(dtype).eps * 4
 
 
+def assert_close(actual, desired, rtol, atol):
+    """|actual - desired| <= atol + rtol |desired| elementwise, where atol may be an array (per-row scales)."""
+    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    bad = ~(np.abs(actual - desired) <= atol + rtol * np.abs(desired))
+    assert not bad.any(), f"{bad.sum()} of {bad.size} differ; first: {actual[bad][:3]} vs {desired[bad][:3]}"
+
+
 @given(shape=shapes(min_dims=1, max_dims=3, max_side=70), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
        seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float64]))
 def test_softmax_native_equals_reference(simd_path, shape, scale, seed, dtype):
@@ -108,3 +115,66 @@ def test_fuzz_bindings_never_crash(shape, dtype, transpose, mismatch):
         pass
     else:   # dx = y (dy - sum(dy y)) = 1 - n for dy = y = ones
         assert dx.shape == x.shape and np.allclose(dx, 1.0 - n)
+
+
+# ---- log-softmax
+
+@given(shape=shapes(min_dims=1, max_dims=3, max_side=70), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float64]))
+def test_log_softmax_native_equals_reference(simd_path, shape, scale, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    n = shape[-1]
+    y = native_softmax.log_softmax_forward(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    y_ref = reference.log_softmax_forward(x.astype(np.float64))
+    # y = (x - m) - log(s): absolute error of a few ulp of |x - m| plus the log of an n-term sum
+    atol = tolerance(dtype, n) * (1 + np.abs(y_ref))
+    assert_close(y, y_ref, rtol=0, atol=atol)
+    dx = native_softmax.log_softmax_backward(dy, y)
+    dx_ref = reference.log_softmax_backward(dy.astype(np.float64), y.astype(np.float64))
+    assert_close(dx, dx_ref, rtol=tolerance(dtype, n), atol=tolerance(dtype, n) * np.abs(dy).sum(-1, keepdims=True))
+
+
+def test_log_softmax_backward_of_a_large_row_streams_the_same_values(simd_path):
+    # 64 MiB of output takes the non-temporal store path; rows start at every alignment mod 32 bytes.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2049, 8193)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y = native_softmax.softmax_forward(x)
+    np.testing.assert_allclose(native_softmax.softmax_backward(dy, y), reference.softmax_backward(dy, y),
+                               rtol=1e-4, atol=1e-7)
+    ly = native_softmax.log_softmax_forward(x)
+    np.testing.assert_allclose(native_softmax.log_softmax_backward(dy, ly), reference.log_softmax_backward(dy, ly),
+                               rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(BAD_ARRAYS))
+def test_log_softmax_bindings_reject_bad_arrays(name):
+    with pytest.raises((ValueError, TypeError)):
+        native._C.log_softmax_forward(BAD_ARRAYS[name])
+    with pytest.raises((ValueError, TypeError)):
+        native._C.log_softmax_backward(BAD_ARRAYS[name], BAD_ARRAYS[name])
+
+
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=4), st.sampled_from(
+    [np.float32, np.float64, np.int32, np.float16, bool]), st.booleans(), st.booleans())
+def test_fuzz_log_softmax_bindings_never_crash(shape, dtype, transpose, mismatch):
+    x = np.ones(shape, dtype=dtype)
+    if transpose:
+        x = x.T
+    other = np.ones(shape[::-1] if mismatch else shape, dtype=dtype)
+    n = x.shape[-1] if x.ndim else 1
+    try:
+        y = native._C.log_softmax_forward(x)
+    except (ValueError, TypeError):
+        pass
+    else:   # log_softmax of ones is -log(n)
+        assert y.shape == x.shape and (x.size == 0 or np.allclose(y, -np.log(n)))
+    try:
+        dx = native._C.log_softmax_backward(x, other)
+    except (ValueError, TypeError):
+        pass
+    else:   # dx = dy - exp(y) sum(dy) = 1 - e n for dy = y = ones
+        assert dx.shape == x.shape and np.allclose(dx, 1.0 - np.e * n)

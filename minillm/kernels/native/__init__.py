@@ -14,7 +14,7 @@ AVAILABLE = _C is not None
 KERNELS = {}   # name -> function
 
 if AVAILABLE:
-    from . import softmax
+    from . import activation, norm, softmax
 
-    for _family in (softmax,):
+    for _family in (softmax, norm, activation):
         KERNELS.update({name: getattr(_family, name) for name in _family.KERNELS})
