@@ -59,14 +59,16 @@ def log_softmax(x, axis=-1):
 class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, reduction):
-        loss, probs = kernels.cross_entropy_forward(logits, targets, ignore_index, reduction)
-        ctx.save(probs, targets, ignore_index, reduction)
+        # state: whatever the kernel's backward needs (the reference keeps the probabilities,
+        # the native kernel the unscaled gradient it computed in the same pass)
+        loss, state = kernels.cross_entropy_forward(logits, targets, ignore_index, reduction)
+        ctx.save(state, targets, ignore_index, reduction)
         return loss
 
     @staticmethod
     def backward(ctx, dloss):
-        probs, targets, ignore_index, reduction = ctx.saved
-        return kernels.cross_entropy_backward(dloss, probs, targets, ignore_index, reduction)
+        state, targets, ignore_index, reduction = ctx.saved
+        return kernels.cross_entropy_backward(dloss, state, targets, ignore_index, reduction)
 
 
 REDUCTIONS = ("mean", "sum", "none")
