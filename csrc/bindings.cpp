@@ -2,6 +2,9 @@
 // (dtype, contiguity, shapes) and raises ValueError before a kernel touches memory.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
 
 #include <string>
 #include <vector>
@@ -83,6 +86,111 @@ py::array py_softmax_backward(const py::array& dy, const py::array& y) {
     return dx;
 }
 
+
+// ---- bpe
+// Byte-level BPE (csrc/bpe.cpp). Python str arrives as its UTF-8 buffer (which lives as long as
+// the str); the GIL is released around the merge loops.
+
+std::string_view utf8_view(const char* fn, PyObject* text) {
+    if (!PyUnicode_Check(text)) throw py::type_error(std::string(fn) + ": expected str");
+    Py_ssize_t n = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(text, &n);
+    if (!data) {
+        PyErr_Clear();
+        throw py::value_error(std::string(fn) + ": text is not valid Unicode (it holds a lone surrogate); "
+                              "it cannot be encoded as UTF-8");
+    }
+    return std::string_view(data, static_cast<std::size_t>(n));
+}
+
+void py_bpe_set_char_classes(const py::array& table) {
+    if (!table.dtype().is(py::dtype::of<std::uint8_t>()) || table.ndim() != 1 || table.shape(0) != 0x110000 ||
+        !(table.flags() & py::array::c_style))
+        throw py::value_error("bpe_set_char_classes: table must be a contiguous uint8 array of shape (1114112,)");
+    bpe::set_char_classes(static_cast<const std::uint8_t*>(table.data()), 0x110000);
+}
+
+void check_classes(const char* fn) {
+    if (!bpe::have_char_classes())
+        throw py::value_error(std::string(fn) + ": call bpe_set_char_classes first (minillm.tokenizers does)");
+}
+
+py::list py_bpe_gpt2_split(const py::str& text) {
+    check_classes("bpe_gpt2_split");
+    const std::string_view s = utf8_view("bpe_gpt2_split", text.ptr());
+    py::list out;
+    for (auto [start, len] : bpe::gpt2_split(s)) out.append(py::str(s.data() + start, len));
+    return out;
+}
+
+std::unique_ptr<bpe::Encoder> py_bpe_encoder_new(const py::dict& ranks) {
+    std::vector<std::pair<std::string, std::int32_t>> tokens;
+    tokens.reserve(ranks.size());
+    for (auto item : ranks) {
+        if (!py::isinstance<py::bytes>(item.first) || !py::isinstance<py::int_>(item.second))
+            throw py::value_error("BPEEncoder: ranks must map bytes to int");
+        const long long r = item.second.cast<long long>();
+        if (r < 0 || r >= INT32_MAX) throw py::value_error("BPEEncoder: rank " + std::to_string(r) + " is out of range");
+        tokens.emplace_back(item.first.cast<std::string>(), static_cast<std::int32_t>(r));
+    }
+    try {
+        return std::make_unique<bpe::Encoder>(tokens);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(std::string("BPEEncoder: ") + e.what() + "; a byte-level vocabulary needs all 256 bytes");
+    }
+}
+
+py::list py_bpe_encode_gpt2(const bpe::Encoder& enc, const py::str& text) {
+    check_classes("BPEEncoder.encode_gpt2");
+    const std::string_view s = utf8_view("BPEEncoder.encode_gpt2", text.ptr());
+    std::vector<std::int32_t> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_gpt2(s);
+    }
+    return py::cast(ids);
+}
+
+py::list py_bpe_encode_pieces(const bpe::Encoder& enc, const py::list& pieces) {
+    std::vector<std::string_view> views;
+    views.reserve(pieces.size());
+    for (auto p : pieces) views.push_back(utf8_view("BPEEncoder.encode_pieces", p.ptr()));
+    std::vector<std::int32_t> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_pieces(views);
+    }
+    return py::cast(ids);
+}
+
+py::list py_bpe_train(const py::list& words, const py::list& counts, std::int64_t n_merges, py::object progress) {
+    if (words.size() != counts.size())
+        throw py::value_error("bpe_train: words and counts must have the same length, got " +
+                              std::to_string(words.size()) + " and " + std::to_string(counts.size()));
+    if (n_merges < 0) throw py::value_error("bpe_train: n_merges must be >= 0, got " + std::to_string(n_merges));
+    if (words.size() >= INT32_MAX) throw py::value_error("bpe_train: too many distinct words");
+    std::vector<std::string> w;
+    std::vector<std::int64_t> c;
+    w.reserve(words.size());
+    c.reserve(words.size());
+    for (std::size_t i = 0; i < words.size(); ++i) {
+        if (!py::isinstance<py::bytes>(words[i])) throw py::value_error("bpe_train: words must be bytes");
+        w.push_back(words[i].cast<std::string>());
+        const long long n = counts[i].cast<long long>();
+        if (n <= 0) throw py::value_error("bpe_train: counts must be positive, got " + std::to_string(n));
+        c.push_back(n);
+    }
+    std::function<void(std::int64_t)> report;
+    if (!progress.is_none())
+        report = [&progress](std::int64_t done) { py::gil_scoped_acquire acquire; progress(done); };
+    std::vector<std::pair<std::int32_t, std::int32_t>> merges;
+    {
+        py::gil_scoped_release release;
+        merges = bpe::train(w, c, n_merges, report);
+    }
+    return py::cast(merges);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -92,6 +200,19 @@ PYBIND11_MODULE(_C, m) {
           "Softmax over the last axis of a C-contiguous float32/float64 array.");
     m.def("softmax_backward", &py_softmax_backward, py::arg("dy"), py::arg("y"),
           "dx = y * (dy - sum(dy * y, axis=-1)) for y = softmax(x).");
+
+    // ---- bpe
+    m.def("bpe_set_char_classes", &py_bpe_set_char_classes, py::arg("table"),
+          "Set the class (0 other, 1 \\p{L}, 2 \\p{N}, 3 \\s) of every code point for the GPT-2 pre-tokenizer.");
+    m.def("bpe_gpt2_split", &py_bpe_gpt2_split, py::arg("text"), "GPT-2's pre-tokens of text (as regex.findall).");
+    m.def("bpe_train", &py_bpe_train, py::arg("words"), py::arg("counts"), py::arg("n_merges"),
+          py::arg("progress") = py::none(),
+          "Byte-level BPE merges [(a, b), ...] creating ids 256, 257, ... from word bytes and counts.");
+    py::class_<bpe::Encoder>(m, "BPEEncoder", "Byte-level BPE encoder over a {token bytes: rank} table.")
+        .def(py::init(&py_bpe_encoder_new), py::arg("ranks"))
+        .def("encode_gpt2", &py_bpe_encode_gpt2, py::arg("text"), "Ids of text, split by GPT-2's pre-tokenizer.")
+        .def("encode_pieces", &py_bpe_encode_pieces, py::arg("pieces"), "Ids of already split pre-tokens.")
+        .def("__len__", &bpe::Encoder::size);
 
     m.def("openmp", []() {
 #if defined(MINILLM_OPENMP)
