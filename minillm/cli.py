@@ -2,6 +2,7 @@
 
     minillm demo      forward + backward of a tiny transformer block in each flavour, gradient-checked
     minillm info      how the native extension was built (OpenMP, SIMD, threads)
+    minillm tokenizer train | encode | decode   (see minillm/tokenizers/cli.py)
 """
 import argparse
 import json
@@ -27,6 +28,8 @@ def build_parser():
     sub.add_parser("demo", help="forward/backward of a tiny transformer block in each flavour, with its gradient check"
                    ).set_defaults(run=cmd_demo)
     sub.add_parser("info", help="how the native extension was built").set_defaults(run=cmd_info)
+    from .tokenizers.cli import add_parser as add_tokenizer_parser
+    add_tokenizer_parser(sub)
     return parser
 
 

@@ -195,11 +195,12 @@ class UnigramTokenizer(Tokenizer):
         freq = {**{p: subs[p] for _, p in seeds[:seed_size]}, **chars}
         total = sum(freq.values())
         model = cls([(p, math.log(f / total)) for p, f in freq.items()], special_tokens, max_piece_len)
+        to_prune = max(len(model.pieces) - target, 0)
         while True:
             for _ in range(em_iterations):
                 model = model._em_step(words, chars)
             if progress:
-                progress(len(model.pieces), target)
+                progress(to_prune - max(len(model.pieces) - target, 0), to_prune)
             if len(model.pieces) <= target:
                 break
             model = model._prune(words, chars, max(target, int(len(model.pieces) * shrink)))
