@@ -170,7 +170,9 @@ class UnigramTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size, special_tokens=("<unk>", "<s>", "</s>"), max_piece_len=16,
               seed_size=None, em_iterations=2, shrink=0.75, progress=None):
-        """Learn vocab_size - len(special_tokens) - 256 pieces from texts (str or iterable of str)."""
+        """Learn at most vocab_size - len(special_tokens) - 256 pieces from texts (str or iterable of
+        str); fewer when the corpus has fewer substrings seen twice (EM drops pieces whose expected
+        count is under 0.5). progress(done, total) is called after each round of pruning."""
         special_tokens = list(special_tokens)
         target = vocab_size - len(special_tokens) - 256
         if target < 1:
