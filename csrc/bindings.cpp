@@ -191,6 +191,55 @@ py::list py_bpe_train(const py::list& words, const py::list& counts, std::int64_
     return py::cast(merges);
 }
 
+// ---- unigram
+// The Unigram tokenizer's lattice loops (csrc/unigram.cpp); the GIL is released around them.
+
+std::unique_ptr<unigram::Model> py_unigram_model_new(const py::list& pieces, const py::list& scores, double unk_score,
+                                                      int max_len) {
+    if (pieces.size() != scores.size())
+        throw py::value_error("UnigramModel: pieces and scores must have the same length, got " +
+                              std::to_string(pieces.size()) + " and " + std::to_string(scores.size()));
+    if (max_len < 1) throw py::value_error("UnigramModel: max_len must be >= 1, got " + std::to_string(max_len));
+    std::vector<std::string> p;
+    std::vector<double> s;
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+        p.emplace_back(utf8_view("UnigramModel", pieces[i].ptr()));
+        s.push_back(scores[i].cast<double>());
+    }
+    return std::make_unique<unigram::Model>(std::move(p), std::move(s), unk_score, max_len);
+}
+
+py::list py_unigram_viterbi(const unigram::Model& model, const py::list& words, int exclude) {
+    std::vector<std::string_view> w;
+    for (auto item : words) w.push_back(utf8_view("UnigramModel.viterbi", item.ptr()));
+    if (exclude < -1 || exclude >= static_cast<int>(model.size()))
+        throw py::value_error("UnigramModel.viterbi: exclude must be -1 or a piece index, got " + std::to_string(exclude));
+    std::vector<std::vector<int>> paths(w.size());
+    {
+        py::gil_scoped_release release;
+        for (std::size_t i = 0; i < w.size(); ++i) paths[i] = model.viterbi(w[i], exclude);
+    }
+    return py::cast(paths);
+}
+
+py::tuple py_unigram_expected_counts(const unigram::Model& model, const py::list& words, const py::list& freqs) {
+    if (words.size() != freqs.size())
+        throw py::value_error("UnigramModel.expected_counts: words and freqs must have the same length");
+    std::vector<std::string> w;
+    std::vector<double> f;
+    for (std::size_t i = 0; i < words.size(); ++i) {
+        w.emplace_back(utf8_view("UnigramModel.expected_counts", words[i].ptr()));
+        f.push_back(freqs[i].cast<double>());
+    }
+    std::vector<double> expected;
+    double loglik;
+    {
+        py::gil_scoped_release release;
+        loglik = model.expected_counts(w, f, expected);
+    }
+    return py::make_tuple(py::cast(expected), loglik);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -213,6 +262,16 @@ PYBIND11_MODULE(_C, m) {
         .def("encode_gpt2", &py_bpe_encode_gpt2, py::arg("text"), "Ids of text, split by GPT-2's pre-tokenizer.")
         .def("encode_pieces", &py_bpe_encode_pieces, py::arg("pieces"), "Ids of already split pre-tokens.")
         .def("__len__", &bpe::Encoder::size);
+
+    // ---- unigram
+    py::class_<unigram::Model>(m, "UnigramModel", "A Unigram tokenizer's pieces and log-probabilities.")
+        .def(py::init(&py_unigram_model_new), py::arg("pieces"), py::arg("scores"), py::arg("unk_score"),
+             py::arg("max_len"))
+        .def("viterbi", &py_unigram_viterbi, py::arg("words"), py::arg("exclude") = -1,
+             "Best path of each word: piece indices, -1 for an unknown character.")
+        .def("expected_counts", &py_unigram_expected_counts, py::arg("words"), py::arg("freqs"),
+             "(expected uses of each piece weighted by freqs, sum of freq * log Z) by forward-backward.")
+        .def("__len__", &unigram::Model::size);
 
     m.def("openmp", []() {
 #if defined(MINILLM_OPENMP)

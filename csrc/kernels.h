@@ -60,3 +60,32 @@ std::vector<std::pair<std::int32_t, std::int32_t>> train(const std::vector<std::
 
 }  // namespace bpe
 }  // namespace minillm
+
+// ---- unigram.cpp: the Unigram tokenizer's lattice (see minillm/tokenizers/unigram.py) ----
+namespace minillm {
+namespace unigram {
+
+// Pieces (UTF-8) with their log-probabilities; words are valid UTF-8. Read-only once built.
+class Model {
+public:
+    Model(std::vector<std::string> pieces, std::vector<double> scores, double unk_score, int max_len);
+    // The best path's pieces, -1 for a one-character unknown edge; `exclude` is a piece to leave out (or -1).
+    std::vector<int> viterbi(std::string_view word, int exclude) const;
+    // expected[k] = sum over words of freq * E[uses of piece k]; returns sum of freq * log Z(word).
+    double expected_counts(const std::vector<std::string>& words, const std::vector<double>& freqs,
+                           std::vector<double>& expected) const;
+    std::size_t size() const { return pieces_.size(); }
+
+private:
+    template <typename F>
+    void edges(std::string_view w, const std::vector<std::size_t>& off, std::size_t e, int exclude, F&& f) const;
+    double accumulate(std::string_view w, double freq, std::vector<double>& expected) const;
+    std::vector<std::string> pieces_;
+    std::vector<double> scores_;
+    double unk_score_;
+    int max_len_;
+    std::unordered_map<std::string_view, int> index_;
+};
+
+}  // namespace unigram
+}  // namespace minillm

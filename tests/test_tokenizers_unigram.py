@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import minillm.kernels as kernels
 from minillm.tokenizers import UnigramTokenizer, load
-from minillm.tokenizers.unigram import normalize
+from minillm.tokenizers.unigram import normalize, words_of
 
 HERE = os.path.dirname(__file__)
 CORPUS = open(os.path.join(HERE, "data", "tinyshakespeare_head.txt"), encoding="utf-8").read()
@@ -96,3 +97,31 @@ def test_bad_input_gives_clear_errors(hand):
         hand.decode([3 + 0xC3])
     with pytest.raises(ValueError, match="out of range"):
         hand.decode([hand.vocab_size])
+
+
+# ---- the native lattice equals the reference ------------------------------------------------------
+
+needs_native = pytest.mark.skipif(not kernels.native.AVAILABLE, reason="minillm._C is not built")
+
+
+@needs_native
+@given(text=st.text(max_size=200))
+def test_native_viterbi_and_expected_counts_equal_the_reference(trained, text):
+    reference = UnigramTokenizer(trained.pieces, use_native=False)
+    words = words_of(text)
+    freqs = [float(k % 3 + 1) for k in range(len(words))]
+    assert trained.viterbi_paths(words) == reference.viterbi_paths(words)
+    assert trained.viterbi_paths(words, exclude=5) == reference.viterbi_paths(words, exclude=5)
+    ours, ll = trained.expected_counts(words, freqs)
+    theirs, ll_ref = reference.expected_counts(words, freqs)
+    assert ll == pytest.approx(ll_ref, rel=1e-9, abs=1e-9)
+    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-9)
+
+
+@needs_native
+def test_native_training_equals_the_reference():
+    text = CORPUS[:3000]
+    native = UnigramTokenizer.train(text, 3 + 256 + 120)
+    reference = UnigramTokenizer.train(text, 3 + 256 + 120, use_native=False)
+    assert [p for p, _ in native.pieces] == [p for p, _ in reference.pieces]
+    assert [s for _, s in native.pieces] == pytest.approx([s for _, s in reference.pieces], rel=1e-9)

@@ -25,6 +25,17 @@ BYTES = [f"<0x{b:02X}>" for b in range(256)]
 NEG = -1e30
 
 
+def _native():
+    """minillm._C when the native backend is in use, else None."""
+    from .. import kernels
+    return kernels.native._C if kernels.native.AVAILABLE and kernels.get_backend() == "native" else None
+
+
+def _rounded(x):
+    """x to 10 significant digits: sums taken in another order (threads, C++) sort the same."""
+    return float(f"{x:.10g}")
+
+
 def normalize(text):
     """The text a Unigram tokenizer sees: whitespace runs (and ▁) become one space; stripped."""
     return " ".join(text.replace(SPACE, " ").split())
@@ -44,19 +55,28 @@ class UnigramTokenizer(Tokenizer):
     tokens first, then the 256 byte pieces, then `pieces` in order."""
     kind = "unigram"
 
-    def __init__(self, pieces, special_tokens=("<unk>", "<s>", "</s>"), max_piece_len=16):
+    def __init__(self, pieces, special_tokens=("<unk>", "<s>", "</s>"), max_piece_len=16, use_native=None):
         special_tokens = list(special_tokens)
         super().__init__({s: i for i, s in enumerate(special_tokens)})
         self.pieces = [(p, float(s)) for p, s in pieces]
         self.max_piece_len = max_piece_len
         self._offset = len(special_tokens) + 256
-        self._id = {p: self._offset + i for i, (p, _) in enumerate(self.pieces)}
-        if len(self._id) != len(self.pieces):
+        self._index = {p: k for k, (p, _) in enumerate(self.pieces)}   # piece -> position in pieces
+        if len(self._index) != len(self.pieces):
             raise ValueError("UnigramTokenizer: a piece occurs twice")
         self._score = [s for _, s in self.pieces]
         self._unk_score = min(self._score, default=0.0) - 10.0   # byte fallback: worse than any piece
         self._tokens = special_tokens + BYTES + [p for p, _ in self.pieces]
         self._cache = {}
+        self.use_native = use_native
+        C = _native() if use_native in (None, True) else None
+        if use_native and C is None:
+            raise RuntimeError("UnigramTokenizer: use_native=True but the native extension is not in use")
+        self._native = (C.UnigramModel([p for p, _ in self.pieces], self._score, self._unk_score, max_piece_len)
+                        if C is not None else None)
+
+    def _like(self, pieces):
+        return type(self)(pieces, list(self.special_tokens), self.max_piece_len, self.use_native)
 
     @property
     def vocab_size(self):
@@ -95,39 +115,73 @@ class UnigramTokenizer(Tokenizer):
         out, e = [], len(word)
         while e > 0:
             s, i = back[e]
-            out.append((word[s:e], i))
+            out.append(i)
             e = s
         return out[::-1]
 
+    def viterbi_paths(self, words, exclude=None):
+        """The best path of each word: piece indices, None for an unknown character. exclude: the
+        index of a piece to leave out of the lattices."""
+        if self._native is not None:
+            return [[i if i >= 0 else None for i in path]
+                    for path in self._native.viterbi(words, -1 if exclude is None else exclude)]
+        index = self._index
+        if exclude is not None:
+            index = dict(index)
+            del index[self.pieces[exclude][0]]
+        return [self._viterbi(w, index, self._score) for w in words]
+
+    def expected_counts(self, words, freqs):
+        """(expected uses of each piece over the words, weighted by freqs; sum of freq * log Z):
+        the E-step, by forward-backward over each word's lattice."""
+        if self._native is not None:
+            return self._native.expected_counts(words, freqs)
+        expected, loglik = [0.0] * len(self.pieces), 0.0
+        for w, f in zip(words, freqs):
+            edges = self._edges(w, self._index, self._score)
+            n = len(w)
+            fwd = [0.0] + [NEG] * n
+            for e in range(1, n + 1):
+                fwd[e] = _logsumexp([fwd[s] + sc for s, _, sc in edges[e]])
+            bwd = [NEG] * n + [0.0]
+            for e in range(n, 0, -1):
+                for s, i, sc in edges[e]:
+                    bwd[s] = _logsumexp([bwd[s], sc + bwd[e]])
+                    if i is not None:
+                        expected[i] += f * math.exp(fwd[s] + sc + bwd[e] - fwd[n])
+            loglik += f * fwd[n]
+        return expected, loglik
+
     # -- encode / decode --------------------------------------------------------------------
 
-    def _piece_ids(self, path):
-        ids = []
-        for piece, i in path:
+    def _piece_ids(self, word, path):
+        ids, at = [], 0
+        for i in path:
             if i is None:
-                ids += [len(self.special_tokens) + b for b in piece.encode("utf-8", "surrogatepass")]
+                ids += [len(self.special_tokens) + b for b in word[at].encode("utf-8", "surrogatepass")]
+                at += 1
             else:
                 ids.append(self._offset + i)
+                at += len(self.pieces[i][0])
         return ids
 
     def encode_ordinary(self, text):
         """Ids of the most likely segmentation of each word (Viterbi)."""
-        index = {p: k for k, (p, _) in enumerate(self.pieces)}
-        ids = []
-        for w in words_of(text):
-            if w not in self._cache:
-                if len(self._cache) > 100000:
-                    self._cache.clear()
-                self._cache[w] = self._piece_ids(self._viterbi(w, index, self._score))
-            ids += self._cache[w]
-        return ids
+        words = words_of(text)
+        new = list({w: None for w in words if w not in self._cache})
+        if len(self._cache) + len(new) > 100000:
+            self._cache.clear()
+            new = list(dict.fromkeys(words))
+        for w, path in zip(new, self.viterbi_paths(new)):
+            self._cache[w] = self._piece_ids(w, path)
+        return [i for w in words for i in self._cache[w]]
 
     def encode_sample(self, text, alpha=0.1, seed=None):
         """Ids of a segmentation drawn with probability proportional to P(x)^alpha: forward
         filtering (sums over the lattice) then sampling backwards. alpha -> 0 is uniform over
         segmentations; large alpha approaches encode()."""
         rng = random.Random(seed)
-        index = {p: k for k, (p, _) in enumerate(self.pieces)}
+        index = self._index
         scores = [alpha * s for s in self._score]
         ids = []
         for w in words_of(text):
@@ -143,12 +197,7 @@ class UnigramTokenizer(Tokenizer):
                 s, i, _ = rng.choices(edges[e], weights=[math.exp(v - m) for v in logits])[0]
                 back[e] = (s, i)
                 e = s
-            path, e = [], len(w)
-            while e > 0:
-                s, i = back[e]
-                path.append((w[s:e], i))
-                e = s
-            ids += self._piece_ids(path[::-1])
+            ids += self._piece_ids(w, self._path(w, back))
         return ids
 
     def decode_bytes(self, ids):
@@ -169,7 +218,7 @@ class UnigramTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size, special_tokens=("<unk>", "<s>", "</s>"), max_piece_len=16,
-              seed_size=None, em_iterations=2, shrink=0.75, progress=None):
+              seed_size=None, em_iterations=2, shrink=0.75, progress=None, use_native=None):
         """Learn at most vocab_size - len(special_tokens) - 256 pieces from texts (str or iterable of
         str); fewer when the corpus has fewer substrings seen twice (EM drops pieces whose expected
         count is under 0.5). progress(done, total) is called after each round of pruning."""
@@ -196,7 +245,7 @@ class UnigramTokenizer(Tokenizer):
         seeds = sorted(((f * len(p), p) for p, f in subs.items() if f > 1 and p not in reserved), reverse=True)
         freq = {**{p: subs[p] for _, p in seeds[:seed_size]}, **chars}
         total = sum(freq.values())
-        model = cls([(p, math.log(f / total)) for p, f in freq.items()], special_tokens, max_piece_len)
+        model = cls([(p, math.log(f / total)) for p, f in freq.items()], special_tokens, max_piece_len, use_native)
         to_prune = max(len(model.pieces) - target, 0)
         while True:
             for _ in range(em_iterations):
@@ -210,32 +259,17 @@ class UnigramTokenizer(Tokenizer):
 
     def _em_step(self, words, chars):
         """One EM iteration: expected counts by forward-backward, then log p = log(count / total)."""
-        index = {p: k for k, (p, _) in enumerate(self.pieces)}
-        expected = [0.0] * len(self.pieces)
-        for w, f in words.items():
-            edges = self._edges(w, index, self._score)
-            n = len(w)
-            fwd = [0.0] + [NEG] * n
-            for e in range(1, n + 1):
-                fwd[e] = _logsumexp([fwd[s] + sc for s, _, sc in edges[e]])
-            bwd = [NEG] * n + [0.0]
-            for e in range(n, 0, -1):
-                for s, i, sc in edges[e]:
-                    bwd[s] = _logsumexp([bwd[s], sc + bwd[e]])
-                    if i is not None:
-                        expected[i] += f * math.exp(fwd[s] + sc + bwd[e] - fwd[n])
+        expected, _ = self.expected_counts(list(words), list(words.values()))
         kept = [(p, c) for (p, _), c in zip(self.pieces, expected) if c >= 0.5 or p in chars]
         total = sum(max(c, 1e-3) for _, c in kept)
-        kept.sort(key=lambda pc: (-pc[1], pc[0]))
-        return type(self)([(p, math.log(max(c, 1e-3) / total)) for p, c in kept], self.special_tokens,
-                          self.max_piece_len)
+        kept.sort(key=lambda pc: (-_rounded(pc[1]), pc[0]))   # ties broken by the piece, not by float noise
+        return self._like([(p, math.log(max(c, 1e-3) / total)) for p, c in kept])
 
     def _prune(self, words, chars, size):
         """Keep the `size` pieces whose removal would cost the most likelihood (and every char)."""
-        index = {p: k for k, (p, _) in enumerate(self.pieces)}
         freq = [0.0] * len(self.pieces)
-        for w, f in words.items():
-            for _, i in self._viterbi(w, index, self._score):
+        for f, path in zip(words.values(), self.viterbi_paths(list(words))):
+            for i in path:
                 if i is not None:
                     freq[i] += f
         total = sum(freq) or 1.0
@@ -244,15 +278,13 @@ class UnigramTokenizer(Tokenizer):
             if p in chars or freq[k] == 0:
                 loss.append(math.inf if p in chars else -math.inf)
                 continue
-            del index[p]
-            alt = [i for _, i in self._viterbi(p, index, self._score)]
-            index[p] = k
+            alt = self.viterbi_paths([p], exclude=k)[0]
             logsum_alt = math.log(total + freq[k] * (len(alt) - 1))
             logp_alt = sum(math.log(freq[i] + freq[k]) - logsum_alt if i is not None else self._unk_score for i in alt)
             loss.append(freq[k] * (math.log(freq[k] / total) - logp_alt))
-        order = sorted(range(len(self.pieces)), key=lambda k: (-loss[k], self.pieces[k][0]))[:size]
+        order = sorted(range(len(self.pieces)), key=lambda k: (-_rounded(loss[k]), self.pieces[k][0]))[:size]
         keep = sorted(order)
-        return type(self)([self.pieces[k] for k in keep], self.special_tokens, self.max_piece_len)
+        return self._like([self.pieces[k] for k in keep])
 
     # -- files ------------------------------------------------------------------------------
 
