@@ -151,6 +151,21 @@ py::list py_bpe_encode_gpt2(const bpe::Encoder& enc, const py::str& text) {
     return py::cast(ids);
 }
 
+py::list py_bpe_encode_gpt2_batch(const bpe::Encoder& enc, const py::list& texts, int num_threads) {
+    check_classes("BPEEncoder.encode_gpt2_batch");
+    if (num_threads < 1)
+        throw py::value_error("BPEEncoder.encode_gpt2_batch: num_threads must be >= 1, got " + std::to_string(num_threads));
+    std::vector<std::string_view> views;
+    views.reserve(texts.size());
+    for (auto t : texts) views.push_back(utf8_view("BPEEncoder.encode_gpt2_batch", t.ptr()));
+    std::vector<std::vector<std::int32_t>> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_gpt2_batch(views, num_threads);
+    }
+    return py::cast(ids);
+}
+
 py::list py_bpe_encode_pieces(const bpe::Encoder& enc, const py::list& pieces) {
     std::vector<std::string_view> views;
     views.reserve(pieces.size());
@@ -260,6 +275,8 @@ PYBIND11_MODULE(_C, m) {
     py::class_<bpe::Encoder>(m, "BPEEncoder", "Byte-level BPE encoder over a {token bytes: rank} table.")
         .def(py::init(&py_bpe_encoder_new), py::arg("ranks"))
         .def("encode_gpt2", &py_bpe_encode_gpt2, py::arg("text"), "Ids of text, split by GPT-2's pre-tokenizer.")
+        .def("encode_gpt2_batch", &py_bpe_encode_gpt2_batch, py::arg("texts"), py::arg("num_threads"),
+             "encode_gpt2 of each text, on num_threads OpenMP threads (GIL released).")
         .def("encode_pieces", &py_bpe_encode_pieces, py::arg("pieces"), "Ids of already split pre-tokens.")
         .def("__len__", &bpe::Encoder::size);
 

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "kernels.h"
+#include "simd.h"
 
 namespace minillm {
 namespace bpe {
@@ -138,14 +139,35 @@ void Encoder::encode_piece(std::string_view piece, std::vector<std::int32_t>& ou
     if (cache.size() < 100000) cache.emplace(piece, std::vector<std::int32_t>(out.begin() + before, out.end()));
 }
 
-std::vector<std::int32_t> Encoder::encode_gpt2(std::string_view text) const {
+std::vector<std::int32_t> Encoder::encode_gpt2(std::string_view text, Cache& cache) const {
     std::vector<std::int32_t> out;
     out.reserve(text.size() / 3 + 1);
-    Cache cache;  // keys view into `text`, which outlives this call
     for (std::size_t i = 0; i < text.size();) {
         const std::size_t len = gpt2_next(text, i);
         encode_piece(text.substr(i, len), out, cache);
         i += len;
+    }
+    return out;
+}
+
+std::vector<std::int32_t> Encoder::encode_gpt2(std::string_view text) const {
+    Cache cache;  // keys view into `text`, which outlives this call
+    return encode_gpt2(text, cache);
+}
+
+std::vector<std::vector<std::int32_t>> Encoder::encode_gpt2_batch(const std::vector<std::string_view>& texts,
+                                                                  int threads) const {
+    std::vector<std::vector<std::int32_t>> out(texts.size());
+    const std::int64_t n = static_cast<std::int64_t>(texts.size());
+#if defined(MINILLM_OPENMP)
+#pragma omp parallel num_threads(threads) if (n > 1 && threads > 1)
+#endif
+    {
+        Cache cache;  // one per thread, shared by the texts it encodes (keys view into them)
+#if defined(MINILLM_OPENMP)
+#pragma omp for schedule(dynamic, 8)
+#endif
+        for (std::int64_t i = 0; i < n; ++i) out[i] = encode_gpt2(texts[i], cache);
     }
     return out;
 }

@@ -40,6 +40,10 @@ public:
     using Cache = std::unordered_map<std::string_view, std::vector<std::int32_t>>;
     explicit Encoder(const std::vector<std::pair<std::string, std::int32_t>>& tokens);
     std::vector<std::int32_t> encode_gpt2(std::string_view text) const;  // GPT-2 pre-tokenizer + merges
+    std::vector<std::int32_t> encode_gpt2(std::string_view text, Cache& cache) const;
+    // encode_gpt2 of each text, on `threads` OpenMP threads.
+    std::vector<std::vector<std::int32_t>> encode_gpt2_batch(const std::vector<std::string_view>& texts,
+                                                             int threads) const;
     std::vector<std::int32_t> encode_pieces(const std::vector<std::string_view>& pieces) const;
     void merge_piece(std::string_view piece, std::vector<std::int32_t>& out) const;
     std::size_t size() const { return storage_.size(); }

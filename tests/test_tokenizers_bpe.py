@@ -132,9 +132,14 @@ def test_training_is_deterministic_and_does_not_depend_on_document_order():
 
 
 def test_encode_batch_equals_encode_one_by_one(trained):
-    tok = next(iter(trained.values()))
-    docs = CORPUS.split("\n\n")
-    assert tok.encode_batch(docs, num_threads=2) == [tok.encode(d) for d in docs]
+    docs = CORPUS.split("\n\n") + ["", "ünïcödé 🎉", "<|endoftext|>"]
+    for tok in trained.values():
+        for threads in (1, 2):
+            assert tok.encode_batch(docs, num_threads=threads, disallowed_special=()) == \
+                [tok.encode(d, disallowed_special=()) for d in docs]
+        assert tok.encode_batch(docs, allowed_special="all") == [tok.encode(d, allowed_special="all") for d in docs]
+        with pytest.raises(ValueError, match="not allowed"):
+            tok.encode_batch(docs)
 
 
 # ---- GPT-2 parity ----------------------------------------------------------------------------

@@ -63,13 +63,7 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode: text must be str, got {type(text).__name__}")
         allowed = self._special_set(allowed_special, "allowed_special")
-        disallowed = (set(self.special_tokens) - allowed if disallowed_special == "all"
-                      else self._special_set(disallowed_special, "disallowed_special"))
-        for s in disallowed:
-            if s in text:
-                raise ValueError(f"encode: the text contains the special token {s!r}, which is not allowed; pass "
-                                 f"allowed_special={{{s!r}}} to encode it as a special token, or "
-                                 f"disallowed_special=() to encode it as ordinary text")
+        self._refuse_disallowed(text, allowed, disallowed_special)
         if not allowed:
             return self.encode_ordinary(text)
         ids, start = [], 0
@@ -79,6 +73,15 @@ class Tokenizer:
                 ids.append(self.special_tokens[m.group()])
                 start = m.end()
         return ids + self.encode_ordinary(text[start:])
+
+    def _refuse_disallowed(self, text, allowed, disallowed_special):
+        disallowed = (set(self.special_tokens) - allowed if disallowed_special == "all"
+                      else self._special_set(disallowed_special, "disallowed_special"))
+        for s in disallowed:
+            if s in text:
+                raise ValueError(f"encode: the text contains the special token {s!r}, which is not allowed; pass "
+                                 f"allowed_special={{{s!r}}} to encode it as a special token, or "
+                                 f"disallowed_special=() to encode it as ordinary text")
 
     def _special_set(self, value, name):
         if value == "all":

@@ -186,6 +186,19 @@ class BPETokenizer(Tokenizer):
             return self._native.encode_pieces(self._split.findall(text))
         return self.encode_reference(text)
 
+    def encode_batch(self, texts, num_threads=None, allowed_special=frozenset(), disallowed_special="all"):
+        """encode() of each text; with GPT-2's pattern and no special tokens allowed, in C++ on
+        num_threads OpenMP threads (default: all cores), else on a thread pool."""
+        texts = list(texts)
+        if self._native is None or self.pattern_name != "gpt2" or allowed_special:
+            return super().encode_batch(texts, num_threads, allowed_special=allowed_special,
+                                        disallowed_special=disallowed_special)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch: texts must be str, got {type(t).__name__}")
+            self._refuse_disallowed(t, set(), disallowed_special)
+        return self._native.encode_gpt2_batch(texts, num_threads or os.cpu_count() or 1)
+
     def encode_reference(self, text):
         try:
             pieces = [p.encode("utf-8") for p in self._split.findall(text)]
