@@ -106,6 +106,7 @@ std::int32_t Encoder::rank(std::string_view bytes) const {
 void Encoder::merge_piece(std::string_view piece, std::vector<std::int32_t>& out) const {
     const std::size_t n = piece.size();
     if (n == 1) { out.push_back(byte_rank_[static_cast<unsigned char>(piece[0])]); return; }
+    if (n > 128) { merge_piece_long(piece, out); return; }   // the scan below is O(n^2)
     // parts[k] = (start of part k, rank of part k joined with part k+1); one sentinel at the end.
     std::vector<std::pair<std::size_t, std::int32_t>> parts(n + 1);
     for (std::size_t k = 0; k + 1 < n; ++k) parts[k] = {k, rank(piece.substr(k, 2))};
@@ -127,6 +128,41 @@ void Encoder::merge_piece(std::string_view piece, std::vector<std::int32_t>& out
     }
     for (std::size_t k = 0; k + 1 < parts.size(); ++k)
         out.push_back(ranks_.at(piece.substr(parts[k].first, parts[k + 1].first - parts[k].first)));
+}
+
+// The same merges for a long pre-token (a long run of spaces or letters) in O(n log n): parts are
+// a linked list over byte offsets, and a min-heap holds (rank of part i joined with the next, i);
+// an entry is stale once part i is gone or its joined rank changed. (rank, i) order = the lowest
+// rank, leftmost first, as in the scan.
+void Encoder::merge_piece_long(std::string_view piece, std::vector<std::int32_t>& out) const {
+    const std::size_t n = piece.size();
+    std::vector<std::size_t> next(n), prev(n);
+    std::vector<std::int32_t> joined(n, NONE);
+    std::vector<char> alive(n, 1);
+    for (std::size_t i = 0; i < n; ++i) next[i] = i + 1, prev[i] = i - 1;   // prev[0] is never read
+    auto rank_of = [&](std::size_t i) {
+        const std::size_t j = next[i];
+        return j < n ? rank(piece.substr(i, (j < n ? next[j] : n) - i)) : NONE;
+    };
+    using Entry = std::pair<std::int32_t, std::size_t>;
+    std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
+    for (std::size_t i = 0; i + 1 < n; ++i)
+        if ((joined[i] = rank_of(i)) != NONE) heap.push({joined[i], i});
+    while (!heap.empty()) {
+        const auto [r, i] = heap.top();
+        heap.pop();
+        if (!alive[i] || joined[i] != r) continue;
+        const std::size_t j = next[i];               // part j joins part i
+        alive[j] = 0;
+        next[i] = next[j];
+        if (next[i] < n) prev[next[i]] = i;
+        if ((joined[i] = rank_of(i)) != NONE) heap.push({joined[i], i});
+        if (i > 0) {
+            const std::size_t p = prev[i];
+            if ((joined[p] = rank_of(p)) != NONE) heap.push({joined[p], p});
+        }
+    }
+    for (std::size_t i = 0; i < n; i = next[i]) out.push_back(ranks_.at(piece.substr(i, next[i] - i)));
 }
 
 void Encoder::encode_piece(std::string_view piece, std::vector<std::int32_t>& out, Cache& cache) const {

@@ -46,6 +46,7 @@ public:
                                                              int threads) const;
     std::vector<std::int32_t> encode_pieces(const std::vector<std::string_view>& pieces) const;
     void merge_piece(std::string_view piece, std::vector<std::int32_t>& out) const;
+    void merge_piece_long(std::string_view piece, std::vector<std::int32_t>& out) const;  // O(n log n)
     std::size_t size() const { return storage_.size(); }
 
 private:

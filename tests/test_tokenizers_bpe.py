@@ -110,6 +110,19 @@ def test_native_training_equals_the_reference_on_generated_text(texts, extra):
     assert native().bpe_train(list(words), list(words.values()), extra) == train_merges_reference(words, extra)
 
 
+@pytest.fixture(scope="module")
+def abc():
+    return BPETokenizer.train(["abcab" * 40 + " " + "aabbcc" * 30 + " cabbage " + "  " * 50], 400, special_tokens=())
+
+
+@needs_native
+@given(word=st.text(alphabet="abc", min_size=129, max_size=600), spaces=st.integers(0, 400))
+def test_native_encode_of_long_pre_tokens_equals_the_reference(abc, word, spaces):
+    # Pre-tokens over 128 bytes take the O(n log n) heap path in C++.
+    text = word + " " * spaces + "x"
+    assert abc.encode(text) == abc.encode_reference(text)
+
+
 # ---- round trips, determinism, batches ---------------------------------------------------------
 
 @given(text=st.text())
@@ -164,6 +177,7 @@ def test_gpt2_ids_from_the_full_rank_file(gpt2):
     for text, ids in GPT2_IDS:
         assert gpt2.encode(text) == ids
     assert gpt2.encode("a<|endoftext|>b", allowed_special="all") == [64, 50256, 65]
+    assert load(GPT2_FILE).encode("a<|endoftext|>b", allowed_special="all") == [64, 50256, 65]
 
 
 @given(text=st.text())

@@ -224,7 +224,7 @@ class BPETokenizer(Tokenizer):
         Special tokens' text in the corpus is cut out, never merged. progress: a callable
         progress(n_merges_done, n_merges_total), called now and then.
         """
-        special_tokens = list(special_tokens or ())
+        special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens or ())
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
             raise ValueError(f"train: vocab_size={vocab_size} is smaller than the 256 byte tokens plus "

@@ -56,7 +56,10 @@ class UnigramTokenizer(Tokenizer):
     kind = "unigram"
 
     def __init__(self, pieces, special_tokens=("<unk>", "<s>", "</s>"), max_piece_len=16, use_native=None):
-        special_tokens = list(special_tokens)
+        special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
+        if any(not s or any(c.isspace() for c in s) for s in special_tokens):
+            raise ValueError(f"UnigramTokenizer: special tokens must be non-empty and hold no whitespace, "
+                             f"got {special_tokens}")
         super().__init__({s: i for i, s in enumerate(special_tokens)})
         self.pieces = [(p, float(s)) for p, s in pieces]
         self.max_piece_len = max_piece_len
@@ -168,13 +171,19 @@ class UnigramTokenizer(Tokenizer):
     def encode_ordinary(self, text):
         """Ids of the most likely segmentation of each word (Viterbi)."""
         words = words_of(text)
-        new = list({w: None for w in words if w not in self._cache})
-        if len(self._cache) + len(new) > 100000:
+        found, missing = {}, []
+        for w in dict.fromkeys(words):
+            hit = self._cache.get(w)
+            if hit is None:
+                missing.append(w)
+            else:
+                found[w] = hit
+        for w, path in zip(missing, self.viterbi_paths(missing)):
+            found[w] = self._piece_ids(w, path)
+        if len(self._cache) > 100000:    # (other threads may share the cache: only `found` is read below)
             self._cache.clear()
-            new = list(dict.fromkeys(words))
-        for w, path in zip(new, self.viterbi_paths(new)):
-            self._cache[w] = self._piece_ids(w, path)
-        return [i for w in words for i in self._cache[w]]
+        self._cache.update((w, found[w]) for w in missing)
+        return [i for w in words for i in found[w]]
 
     def encode_sample(self, text, alpha=0.1, seed=None):
         """Ids of a segmentation drawn with probability proportional to P(x)^alpha: forward
@@ -222,7 +231,7 @@ class UnigramTokenizer(Tokenizer):
         """Learn at most vocab_size - len(special_tokens) - 256 pieces from texts (str or iterable of
         str); fewer when the corpus has fewer substrings seen twice (EM drops pieces whose expected
         count is under 0.5). progress(done, total) is called after each round of pruning."""
-        special_tokens = list(special_tokens)
+        special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
         target = vocab_size - len(special_tokens) - 256
         if target < 1:
             raise ValueError(f"train: vocab_size={vocab_size} leaves no room for pieces after the "

@@ -66,6 +66,9 @@ class WordPieceTokenizer(Tokenizer):
     def __init__(self, vocab, lowercase=True, strip_accents=None, unk_token="[UNK]", special_tokens=SPECIALS,
                  max_input_chars_per_word=100):
         self.vocab = list(vocab)
+        bad = [t for t in self.vocab if not t or "\n" in t or "\r" in t]
+        if bad:
+            raise ValueError(f"WordPieceTokenizer: tokens must be non-empty and on one line, got {bad[:3]}")
         self._id = {t: i for i, t in enumerate(self.vocab)}
         if len(self._id) != len(self.vocab):
             raise ValueError("WordPieceTokenizer: a token occurs twice in the vocabulary")
@@ -88,8 +91,9 @@ class WordPieceTokenizer(Tokenizer):
         return [t for w in basic_tokenize(text, self.lowercase, self.strip_accents) for t in self._word(w)]
 
     def _word(self, word):
-        if word in self._cache:
-            return self._cache[word]
+        hit = self._cache.get(word)
+        if hit is not None:
+            return hit
         if len(word) > self.max_input_chars_per_word:
             return [self.unk_token]
         pieces, start = [], 0
@@ -132,7 +136,7 @@ class WordPieceTokenizer(Tokenizer):
         words = Counter(w for t in read_texts(texts) for w in basic_tokenize(t, lowercase, strip_accents))
         if not words:
             raise ValueError("train: the corpus is empty (it holds no words)")
-        specials = list(special_tokens)
+        specials = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
         if "[UNK]" not in specials:
             specials.append("[UNK]")
         split = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
