@@ -1,5 +1,6 @@
 """Benchmark minillm's tokenizers against tiktoken, Hugging Face `tokenizers`, sentencepiece and
-pure-Python BPE loops, on tinyshakespeare and ~10 MB of Python standard-library docstrings.
+pure-Python BPE loops, on tinyshakespeare and 10 MB of distinct Python docstrings (the standard
+library's 2.3 MB, then installed packages').
 
     python benchmarks/tokenizers.py            # everything (several minutes on 2 busy cores)
     python benchmarks/tokenizers.py --quick    # 1 MB of docstrings, fewer repeats, no 32768 run
@@ -46,30 +47,36 @@ def optional(name):
 tiktoken, hf, spm = optional("tiktoken"), optional("tokenizers"), optional("sentencepiece")
 
 
-def stdlib_docstrings(target_bytes):
-    """Docstrings of the standard library's modules, classes and functions, joined by blank lines."""
-    out, size = [], 0
-    for folder, _, files in sorted(os.walk(sysconfig.get_paths()["stdlib"])):
-        if "site-packages" in folder or "test" in folder:
-            continue
-        for name in sorted(files):
-            if not name.endswith(".py"):
+def python_docstrings(target_bytes):
+    """Docstrings of modules, classes and functions: the standard library's first (2.3 MB on
+    Python 3.11, its tests included), then the installed packages', to target_bytes of distinct
+    text, joined by blank lines. Returns (text, where it came from)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    roots = [stdlib] + sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    out, size, seen = [], 0, set()
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            if root == stdlib and "site-packages" in folder:
                 continue
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    tree = ast.parse(f.read())
-            except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        out.append(doc)
-                        size += len(doc.encode("utf-8")) + 2
-                        if size >= target_bytes:
-                            return "\n\n".join(out)
-    text = "\n\n".join(out)
-    return (text * (target_bytes // max(len(text), 1) + 1))[:target_bytes] if text else text
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                try:
+                    with open(os.path.join(folder, name), encoding="utf-8") as f:
+                        tree = ast.parse(f.read())
+                except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
+                    continue
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                        doc = ast.get_docstring(node)
+                        if doc and doc not in seen:
+                            seen.add(doc)
+                            out.append(doc)
+                            size += len(doc.encode("utf-8")) + 2
+                            if size >= target_bytes:
+                                return "\n\n".join(out), "stdlib + site-packages"
+    return "\n\n".join(out), "stdlib + site-packages (all of them)"
 
 
 def minbpe_merges(text, n_merges, pattern):
@@ -179,10 +186,10 @@ def unigram_wordpiece_rows(text, vocab_size, repeats, tmp):
             return tok
         base["hf tokenizers"] = hf_unigram
     t = compare(lambda: UnigramTokenizer.train(text, vocab_size), base, repeats=repeats, warmup=0)
+    uni = UnigramTokenizer.train(text, vocab_size)
     for peer in base or [None]:
         rows.append(dict(task=f"unigram train to {vocab_size}", corpus="tinyshakespeare", MB=mb(text), ours=t["ours"],
-                         peer=peer, peer_s=t.get(peer), ratio=t[peer] / t["ours"] if peer else None))
-    uni = UnigramTokenizer.train(text, vocab_size)
+                         vocab=uni.vocab_size, peer=peer, peer_s=t.get(peer), ratio=t[peer] / t["ours"] if peer else None))
     enc = {}
     if spm:
         sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "spm.model"))
@@ -203,10 +210,10 @@ def unigram_wordpiece_rows(text, vocab_size, repeats, tmp):
             return tok
         base["hf tokenizers"] = hf_wordpiece
     t = compare(lambda: WordPieceTokenizer.train(text, vocab_size), base, repeats=repeats, warmup=0)
-    rows.append(dict(task=f"wordpiece train to {vocab_size}", corpus="tinyshakespeare", MB=mb(text), ours=t["ours"],
-                     peer="hf tokenizers" if hf else None, peer_s=t.get("hf tokenizers"),
-                     ratio=t["hf tokenizers"] / t["ours"] if hf else None))
     wp = WordPieceTokenizer.train(text, vocab_size)
+    rows.append(dict(task=f"wordpiece train to {vocab_size}", corpus="tinyshakespeare", MB=mb(text), ours=t["ours"],
+                     vocab=wp.vocab_size, peer="hf tokenizers" if hf else None, peer_s=t.get("hf tokenizers"),
+                     ratio=t["hf tokenizers"] / t["ours"] if hf else None))
     enc = {}
     if hf:
         hwp = hf.BertWordPieceTokenizer({tok: i for i, tok in enumerate(wp.vocab)}, lowercase=True)
@@ -227,8 +234,8 @@ def main():
     import tempfile
 
     shakespeare = open(os.path.join(DATA, "tinyshakespeare.txt"), encoding="utf-8").read()
-    docs = stdlib_docstrings(1_000_000 if args.quick else 10_000_000)
-    corpora = {"tinyshakespeare": shakespeare, f"stdlib docstrings {mb(docs):.1f} MB": docs}
+    docs, source = python_docstrings(1_000_000 if args.quick else 10_000_000)
+    corpora = {"tinyshakespeare": shakespeare, f"py docstrings {mb(docs):.1f} MB": docs}
     repeats = 3 if args.quick else 5
     rows = []
     if args.only in (None, "encode"):
@@ -248,6 +255,7 @@ def main():
                 "peers": {"tiktoken": getattr(tiktoken, "__version__", None),
                           "tokenizers": getattr(hf, "__version__", None),
                           "sentencepiece": getattr(spm, "__version__", None)},
+                "docstrings": {"MB": mb(docs), "source": source, "distinct": True},
                 "note": "2 cores shared with other builds and tests while measured: figures are rough"})
 
 

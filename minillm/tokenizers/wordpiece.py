@@ -18,44 +18,36 @@ import os
 import unicodedata
 from collections import Counter, defaultdict
 
+import regex
+
 from .base import Tokenizer, atomic_write, read_texts
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def _is_punctuation(c):
-    o = ord(c)
-    return 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126 or unicodedata.category(c).startswith("P")
-
-
-def _is_cjk(c):
-    o = ord(c)
-    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2A6DF or 0x2A700 <= o <= 0x2B73F
-            or 0x2B740 <= o <= 0x2B81F or 0x2B820 <= o <= 0x2CEAF or 0xF900 <= o <= 0xFAFF or 0x2F800 <= o <= 0x2FA1F)
+# BERT's classes: control characters (category C*, but not \t \n \r), CJK ideographs, and
+# punctuation (ASCII !-/ :-@ [-` {-~ and category P*).
+_CONTROL = regex.compile(r"(?![\t\n\r])\p{C}|\ufffd")
+_CJK = regex.compile("([\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F"
+                     "\U0002B740-\U0002B81F\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F])")
+_PUNCT = r"!-/:-@\[-`{-~\p{P}"
+_WORDS = regex.compile(rf"[{_PUNCT}]|[^\s{_PUNCT}]+")
+_MARKS = regex.compile(r"\p{Mn}")
 
 
 def basic_tokenize(text, lowercase=True, strip_accents=None):
-    """BERT's BasicTokenizer: the words and punctuation marks of text."""
+    """BERT's BasicTokenizer: the words and punctuation marks of text.
+
+    Drop control characters, put spaces around CJK ideographs, optionally lowercase and strip
+    accents (NFD, then drop the marks), then split on whitespace and around each punctuation mark.
+    """
     strip_accents = lowercase if strip_accents is None else strip_accents
-    chars = []
-    for c in text:
-        if c == "\x00" or c == "\ufffd" or (unicodedata.category(c).startswith("C") and c not in "\t\n\r"):
-            continue
-        chars.append(f" {c} " if _is_cjk(c) else c)
-    words = []
-    for w in "".join(chars).split():
-        if lowercase:
-            w = w.lower()
-        if strip_accents:
-            w = "".join(c for c in unicodedata.normalize("NFD", w) if unicodedata.category(c) != "Mn")
-        start = 0
-        for i, c in enumerate(w):
-            if _is_punctuation(c):
-                words += [w[start:i], c] if i > start else [c]
-                start = i + 1
-        if start < len(w):
-            words.append(w[start:])
-    return words
+    text = _CJK.sub(r" \1 ", _CONTROL.sub("", text))
+    if lowercase:
+        text = text.lower()
+    if strip_accents:
+        text = _MARKS.sub("", unicodedata.normalize("NFD", text))
+    return _WORDS.findall(text)
 
 
 class WordPieceTokenizer(Tokenizer):
