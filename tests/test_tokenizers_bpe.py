@@ -7,7 +7,6 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-import minillm.kernels as kernels
 from minillm.tokenizers import BPETokenizer, load
 from minillm.tokenizers.bpe import PATTERNS, count_words, native, read_tiktoken, train_merges_reference
 
@@ -16,7 +15,7 @@ CORPUS = open(os.path.join(HERE, "data", "tinyshakespeare_head.txt"), encoding="
 GPT2_FILE = os.path.join(HERE, "..", "..", "shared", "data", "gpt2.tiktoken")
 GPT2_SUBSET = os.path.join(HERE, "data", "gpt2_subset.tiktoken")   # GPT-2's tokens inside GPT2_IDS' pieces
 EOT = {"<|endoftext|>": 50256}
-needs_native = pytest.mark.skipif(not kernels.native.AVAILABLE, reason="minillm._C is not built")
+needs_native = pytest.mark.skipif(native() is None, reason="minillm._C is not built or MINILLM_BACKEND=numpy")
 
 # GPT-2's ids for these strings, from tiktoken's "gpt2" encoding.
 GPT2_IDS = [
@@ -283,3 +282,11 @@ def test_the_bindings_check_their_arguments():
         C.bpe_train([b"ab"], [0], 3)
     with pytest.raises(ValueError, match="all 256 bytes"):
         C.BPEEncoder({b"a": 0})
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(None, marks=needs_native)])
+def test_training_reports_progress_up_to_the_number_of_merges(use_native):
+    calls = []
+    BPETokenizer.train(CORPUS, 1000, use_native=use_native, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (743, 743)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)

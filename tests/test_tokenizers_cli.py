@@ -54,6 +54,13 @@ def test_errors_exit_1_with_a_message(tmp_path, capsys):
     assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path / "nowhere"), "--ids", "1"]) == 1
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece"])
+def test_train_shows_a_progress_bar_on_stderr(kind, tmp_path, capsys):
+    assert main(["tokenizer", "train", "--kind", kind, "--vocab-size", "500", "--input", CORPUS,
+                 "--out", str(tmp_path)]) == 0
+    assert f"training {kind}" in capsys.readouterr().err
+
+
 def test_tokenizer_without_an_action_prints_help_and_exits_2(capsys):
     assert main(["tokenizer"]) == 2
     assert "encode" in capsys.readouterr().out
