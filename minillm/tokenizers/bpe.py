@@ -219,7 +219,8 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size, pattern="gpt2", special_tokens=(ENDOFTEXT,), use_native=None, progress=None):
-        """Learn vocab_size - 256 - len(special_tokens) merges from texts (str or iterable of str).
+        """Learn up to vocab_size - 256 - len(special_tokens) merges (fewer if the corpus runs out
+        of pairs) from texts: a str, or any iterable of str (a list of documents, an open file).
 
         Special tokens' text in the corpus is cut out, never merged. progress: a callable
         progress(n_merges_done, n_merges_total), called now and then.
