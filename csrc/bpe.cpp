@@ -41,7 +41,7 @@ static inline int class_at(std::string_view s, std::size_t i, std::size_t& len) 
         cp = ((c & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
     }
     if (i + len > s.size()) { len = s.size() - i; return OTHER; }  // truncated: cannot come from a str
-    return cp < g_classes.size() ? g_classes[cp] : OTHER;
+    return cp < g_classes.size() ? static_cast<int>(g_classes[cp]) : static_cast<int>(OTHER);
 }
 
 // Length in bytes of the pre-token that starts at s[i].
