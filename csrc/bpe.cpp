@@ -197,6 +197,8 @@ std::vector<std::vector<std::int32_t>> Encoder::encode_gpt2_batch(const std::vec
     const std::int64_t n = static_cast<std::int64_t>(texts.size());
 #if defined(MINILLM_OPENMP)
 #pragma omp parallel num_threads(threads) if (n > 1 && threads > 1)
+#else
+    (void)threads;
 #endif
     {
         Cache cache;  // one per thread, shared by the texts it encodes (keys view into them)
