@@ -124,3 +124,16 @@ def test_native_training_equals_the_reference():
     reference = UnigramTokenizer.train(text, 3 + 256 + 120, use_native=False)
     assert [p for p, _ in native.pieces] == [p for p, _ in reference.pieces]
     assert [s for _, s in native.pieces] == pytest.approx([s for _, s in reference.pieces], rel=1e-9)
+
+
+def test_viterbi_on_a_sentencepiece_model_gives_sentencepieces_pieces(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    lines = [line for line in CORPUS.split("\n") if line.strip()]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "m"), vocab_size=400,
+                                   model_type="unigram", minloglevel=2, normalization_rule_name="identity",
+                                   character_coverage=1.0)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
+    ours = UnigramTokenizer([(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())
+                             if not (sp.is_control(i) or sp.is_unknown(i))])
+    for line in lines:
+        assert pieces(ours, ours.encode(line)) == sp.encode(line, out_type=str)
