@@ -3,6 +3,7 @@
     minillm train      train a model (default: the shakespeare-char preset on the built-in corpus)
     minillm generate   sample text from a checkpoint, streaming it as it comes
     minillm eval       loss and perplexity of a checkpoint on held-out text
+    minillm tokenizer  train | encode | decode a BPE, Unigram or WordPiece tokenizer (minillm/tokenizers/cli.py)
     minillm demo       forward + backward of a tiny transformer block in each flavour, gradient-checked
     minillm info       how the native extension was built (OpenMP, SIMD, threads)
 
@@ -211,6 +212,8 @@ def build_parser():
     sub.add_parser("demo", help="forward/backward of a tiny transformer block in each flavour, with its gradient check"
                    ).set_defaults(run=cmd_demo)
     sub.add_parser("info", help="how the native extension was built").set_defaults(run=cmd_info)
+    from .tokenizers.cli import add_parser as add_tokenizer_parser
+    add_tokenizer_parser(sub)
     return parser
 
 

@@ -1,0 +1,37 @@
+"""Tokenizers: byte-level BPE (GPT-2 compatible), Unigram (SentencePiece-style), WordPiece (BERT).
+
+    from minillm.tokenizers import BPETokenizer, load
+    tok = BPETokenizer.train(open("input.txt").read(), vocab_size=4096)
+    ids = tok.encode("Hello world"); tok.decode(ids)
+    tok.save("tok/"); tok = load("tok/")
+    gpt2 = BPETokenizer.from_tiktoken("gpt2.tiktoken", {"<|endoftext|>": 50256})
+"""
+import os
+
+from .base import Tokenizer, read_meta
+from .bpe import PATTERNS, BPETokenizer, read_tiktoken
+from .unigram import UnigramTokenizer
+from .wordpiece import WordPieceTokenizer
+
+KINDS = {"bpe": BPETokenizer, "unigram": UnigramTokenizer, "wordpiece": WordPieceTokenizer}
+
+
+def load(path):
+    """A tokenizer from a directory written by save(), a tiktoken rank file (*.tiktoken, read as
+    byte-level BPE with GPT-2's pattern; a file of 50256 ranks is taken to be GPT-2's and gets
+    <|endoftext|> = 50256) or a BERT vocab.txt (read as WordPiece)."""
+    if os.path.isdir(path):
+        kind = read_meta(path).get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"load: {path} holds an unknown tokenizer kind {kind!r}; known: {sorted(KINDS)}")
+        return KINDS[kind].load(path)
+    if path.endswith(".tiktoken"):
+        ranks = read_tiktoken(path)
+        gpt2 = len(ranks) == 50256 and max(ranks.values()) == 50255
+        return BPETokenizer(ranks, {"<|endoftext|>": 50256} if gpt2 else None)
+    if os.path.basename(path) == "vocab.txt":
+        return WordPieceTokenizer.from_vocab_txt(path)
+    raise ValueError(f"load: {path} is neither a saved tokenizer directory, a .tiktoken file nor a vocab.txt")
+
+
+__all__ = ["Tokenizer", "BPETokenizer", "UnigramTokenizer", "WordPieceTokenizer", "PATTERNS", "KINDS", "load"]

@@ -1,0 +1,139 @@
+"""Unigram (SentencePiece-style): Viterbi and sampling on a hand-built model, round trips up to
+the normalisation with byte fallback, EM training that finds the frequent words, files, errors."""
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minillm.tokenizers import UnigramTokenizer, load
+from minillm.tokenizers.unigram import _native, normalize, words_of
+
+HERE = os.path.dirname(__file__)
+CORPUS = open(os.path.join(HERE, "data", "tinyshakespeare_head.txt"), encoding="utf-8").read()
+
+# log-probabilities chosen so the best segmentations can be worked out by hand.
+HAND = [("▁ab", -1.0), ("▁a", -2.0), ("b", -2.0), ("c", -3.0), ("a", -4.0), ("▁", -4.0)]
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return UnigramTokenizer(HAND)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return UnigramTokenizer.train(CORPUS, 3 + 256 + 300)
+
+
+def pieces(tok, ids):
+    return [tok.id_to_token(i) for i in ids]
+
+
+def test_viterbi_picks_the_most_likely_segmentation_worked_by_hand(hand):
+    # "▁ab c" scores -4; "▁a b c" -7; "▁ a b c" -13.
+    assert pieces(hand, hand.encode("abc")) == ["▁ab", "c"]
+    assert pieces(hand, hand.encode("  ab   cab ")) == ["▁ab", "▁", "c", "a", "b"]
+
+
+def test_characters_without_a_piece_fall_back_to_their_utf8_bytes(hand):
+    assert pieces(hand, hand.encode("abé")) == ["▁ab", "<0xC3>", "<0xA9>"]
+    assert hand.decode(hand.encode("abé ab")) == "abé ab"
+
+
+def test_sampling_with_small_alpha_draws_several_segmentations_and_large_alpha_the_best(hand):
+    flat = {tuple(hand.encode_sample("abc", alpha=0.0, seed=s)) for s in range(60)}
+    assert len(flat) >= 3                 # uniform over the lattice's paths
+    sharp = {tuple(hand.encode_sample("abc", alpha=50.0, seed=s)) for s in range(20)}
+    assert sharp == {tuple(hand.encode("abc"))}
+    assert hand.encode_sample("abc ab", alpha=0.5, seed=7) == hand.encode_sample("abc ab", alpha=0.5, seed=7)
+
+
+@given(text=st.text())
+def test_decode_encode_is_the_normalised_text_on_any_unicode(trained, text):
+    assert trained.decode(trained.encode(text)) == normalize(text)
+
+
+@given(text=st.text(max_size=40), seed=st.integers(0, 1000))
+def test_every_sampled_segmentation_decodes_to_the_normalised_text(trained, text, seed):
+    assert trained.decode(trained.encode_sample(text, alpha=0.2, seed=seed)) == normalize(text)
+
+
+def test_training_finds_the_frequent_words_and_keeps_every_character():
+    text = "hello world " * 40 + "help held hollow whirl "
+    tok = UnigramTokenizer.train(text, 3 + 256 + 20)
+    names = {p for p, _ in tok.pieces}
+    assert {"▁hello", "▁world"} <= names
+    assert set("▁helowrd") <= names
+    assert tok.vocab_size <= 3 + 256 + 20     # fewer when the corpus has fewer useful pieces
+    assert pieces(tok, tok.encode("hello world")) == ["▁hello", "▁world"]
+
+
+def test_training_is_deterministic(trained):
+    assert UnigramTokenizer.train(CORPUS, 3 + 256 + 300).pieces == trained.pieces
+
+
+def test_save_and_load_give_the_same_tokenizer(trained, tmp_path):
+    trained.save(tmp_path)
+    back = load(str(tmp_path))
+    assert isinstance(back, UnigramTokenizer) and back.pieces == trained.pieces
+    assert back.encode(CORPUS) == trained.encode(CORPUS)
+
+
+def test_special_tokens_come_first_and_follow_the_policy(trained):
+    assert trained.special_tokens == {"<unk>": 0, "<s>": 1, "</s>": 2}
+    assert trained.encode("<s>hi", allowed_special="all")[0] == 1
+    with pytest.raises(ValueError, match="not allowed"):
+        trained.encode("<s>hi")
+
+
+def test_bad_input_gives_clear_errors(hand):
+    with pytest.raises(ValueError, match="leaves no room"):
+        UnigramTokenizer.train(CORPUS, 200)
+    with pytest.raises(ValueError, match="corpus is empty"):
+        UnigramTokenizer.train(" \n\t ", 400)
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        hand.decode([3 + 0xC3])
+    with pytest.raises(ValueError, match="out of range"):
+        hand.decode([hand.vocab_size])
+
+
+# ---- the native lattice equals the reference ------------------------------------------------------
+
+needs_native = pytest.mark.skipif(_native() is None, reason="minillm._C is not built or MINILLM_BACKEND=numpy")
+
+
+@needs_native
+@given(text=st.text(max_size=200))
+def test_native_viterbi_and_expected_counts_equal_the_reference(trained, text):
+    reference = UnigramTokenizer(trained.pieces, use_native=False)
+    words = words_of(text)
+    freqs = [float(k % 3 + 1) for k in range(len(words))]
+    assert trained.viterbi_paths(words) == reference.viterbi_paths(words)
+    assert trained.viterbi_paths(words, exclude=5) == reference.viterbi_paths(words, exclude=5)
+    ours, ll = trained.expected_counts(words, freqs)
+    theirs, ll_ref = reference.expected_counts(words, freqs)
+    assert ll == pytest.approx(ll_ref, rel=1e-9, abs=1e-9)
+    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-9)
+
+
+@needs_native
+def test_native_training_equals_the_reference():
+    text = CORPUS[:3000]
+    native = UnigramTokenizer.train(text, 3 + 256 + 120)
+    reference = UnigramTokenizer.train(text, 3 + 256 + 120, use_native=False)
+    assert [p for p, _ in native.pieces] == [p for p, _ in reference.pieces]
+    assert [s for _, s in native.pieces] == pytest.approx([s for _, s in reference.pieces], rel=1e-9)
+
+
+def test_viterbi_on_a_sentencepiece_model_gives_sentencepieces_pieces(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    lines = [line for line in CORPUS.split("\n") if line.strip()]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "m"), vocab_size=400,
+                                   model_type="unigram", minloglevel=2, normalization_rule_name="identity",
+                                   character_coverage=1.0)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
+    ours = UnigramTokenizer([(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())
+                             if not (sp.is_control(i) or sp.is_unknown(i))])
+    for line in lines:
+        assert pieces(ours, ours.encode(line)) == sp.encode(line, out_type=str)
