@@ -1,5 +1,5 @@
 """Checkpoints: a directory with
-    config.json          the model config and the tokenizer
+    config.json          the model config and the tokenizer (a subword tokenizer's files in tokenizer/)
     model.safetensors    the weights
     optimizer.safetensors the optimizer's moments (training checkpoints only)
     state.json           step, training config, RNG states, and the SHA-256 of the files above
@@ -54,9 +54,10 @@ def _sha256(path):
 
 def save_checkpoint(directory, model, tokenizer, optimizer=None, state=None):
     """Write model (and optimizer) to directory; state: a JSON-able dict (step, configs, rng, ...)."""
+    from .data import save_tokenizer
     os.makedirs(directory, exist_ok=True)
-    write_json(os.path.join(directory, "config.json"),
-               {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()})
+    write_json(os.path.join(directory, "config.json"), {"format": FORMAT, "model": model.config.to_dict(),
+                                                        "tokenizer": save_tokenizer(tokenizer, directory)})
     files = {"model.safetensors": model.state_dict()}
     if optimizer is not None:
         files["optimizer.safetensors"] = optimizer.state_dict()["state"]
@@ -109,7 +110,7 @@ def load_checkpoint(directory, optimizer_wanted=False):
         if "optimizer.safetensors" not in state.get("digests", {}):
             raise CheckpointError(f"checkpoint {directory!r} has no optimizer state to resume from")
         optimizer = _load_arrays(os.path.join(directory, "optimizer.safetensors"))
-    return {"config": config, "model": model, "optimizer": optimizer, "state": state}
+    return {"config": config, "model": model, "optimizer": optimizer, "state": state, "directory": directory}
 
 
 def build_model(checkpoint):
@@ -118,8 +119,8 @@ def build_model(checkpoint):
     from .models import DecoderLM, ModelConfig
     try:
         config = ModelConfig.from_dict(checkpoint["config"]["model"])
-        tokenizer = tokenizer_from_dict(checkpoint["config"]["tokenizer"])
-    except (KeyError, TypeError, ValueError) as error:
+        tokenizer = tokenizer_from_dict(checkpoint["config"]["tokenizer"], checkpoint["directory"])
+    except (KeyError, TypeError, ValueError, OSError) as error:
         raise CheckpointError(f"checkpoint config is invalid: {error}") from None
     model = DecoderLM(config)
     try:

@@ -47,7 +47,8 @@ def _configs(args):
     model, train = dict(spec.get("model", {})), dict(spec.get("train", {}))
     overrides = {"max_iters": args.max_iters, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "eval_interval": args.eval_interval, "eval_iters": args.eval_iters, "grad_accum": args.grad_accum,
-                 "sample_tokens": args.sample_tokens}
+                 "sample_tokens": args.sample_tokens, "tokenizer": args.tokenizer,
+                 "tokenizer_vocab_size": args.tokenizer_vocab_size}
     train.update({k: v for k, v in overrides.items() if v is not None})
     if args.max_iters is not None and "lr_decay_iters" in train:
         train["lr_decay_iters"] = min(train["lr_decay_iters"], args.max_iters)
@@ -74,8 +75,9 @@ def cmd_train(args):
                          "start over, or --out for another directory")
     if args.resume and not has_checkpoint:
         raise UsageError(f"--resume: no checkpoint in {out!r}")
-    if model_spec.get("vocab_size") is None:       # the tokenizer decides (character vocabularies)
-        model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, read_text(args.data)).vocab_size
+    if model_spec.get("vocab_size") is None:       # the tokenizer decides
+        model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, read_text(args.data),
+                                                   train_config.tokenizer_vocab_size).vocab_size
     model_config = ModelConfig.from_dict(model_spec)
     if args.overwrite and has_checkpoint and not args.resume:
         for name in ("state.json", "train_log.jsonl"):
@@ -115,8 +117,9 @@ def cmd_generate(args):
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
+    from .data import decode, encode
     model, tokenizer = _load(args.ckpt)
-    prompt_ids = tokenizer.encode(args.prompt).tolist()
+    prompt_ids = encode(tokenizer, args.prompt).tolist()
     if not prompt_ids:
         raise UsageError("--prompt is empty")
     context = model.config.block_size
@@ -124,11 +127,11 @@ def cmd_generate(args):
         raise UsageError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context}")
     if len(prompt_ids) + args.max_new_tokens > context:
         print(f"(stopping at the context length: {context - len(prompt_ids)} new tokens at most)", file=sys.stderr)
-    stop = tokenizer.encode(args.stop).tolist() if args.stop else []
+    stop = encode(tokenizer, args.stop).tolist() if args.stop else []
     stream = not args.no_stream and args.num_samples == 1
 
     def on_token(row, token):
-        sys.stdout.write(tokenizer.decode([token]))
+        sys.stdout.write(decode(tokenizer, [token]))
         sys.stdout.flush()
 
     if stream:
@@ -142,18 +145,18 @@ def cmd_generate(args):
         for i, out in enumerate(outputs):
             if args.num_samples > 1:
                 print(f"--- sample {i + 1} ---")
-            print(args.prompt + tokenizer.decode(out))
+            print(args.prompt + decode(tokenizer, out))
     return 0
 
 
 def cmd_eval(args):
-    from .data import TokenData, read_text
+    from .data import TokenData, encode, read_text
     from .train import evaluate_split
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
     model, tokenizer = _load(args.ckpt)
-    ids = tokenizer.encode(read_text(args.data))
+    ids = encode(tokenizer, read_text(args.data))
     data = TokenData(ids, args.val_fraction)
     split = data.splits[args.split] if args.data is None or args.split != "all" else ids
     loss = evaluate_split(model, split, args.batch_size, progress=not args.no_progress)
@@ -180,6 +183,10 @@ def build_parser():
                        ("--eval-interval", int), ("--eval-iters", int), ("--grad-accum", int),
                        ("--dropout", float), ("--sample-tokens", int), ("--threads", int)):
         p.add_argument(flag, type=kind)
+    p.add_argument("--tokenizer", help="char, bpe, unigram, wordpiece (trained on the data) or the path of a "
+                   "saved tokenizer / .tiktoken file / vocab.txt (default: the preset's)")
+    p.add_argument("--tokenizer-vocab-size", type=int, help="vocabulary size of a trained tokenizer "
+                   "(default: the model's vocab_size)")
     p.add_argument("--plot", action="store_true", help="write a loss-curve PNG (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)

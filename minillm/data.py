@@ -2,7 +2,8 @@
 
 - The built-in corpus, tiny Shakespeare (public domain, ~1 MB), ships gzipped inside the package,
   so the main job needs no download; `--data FILE` takes any UTF-8 text instead.
-- A character tokenizer (the vocabulary is the set of characters in the text).
+- A character tokenizer (the vocabulary is the set of characters in the text), or any of
+  minillm.tokenizers (byte-level BPE, Unigram, WordPiece) trained on the text or loaded.
 - Token ids are cached in a file next to the data and read back as a numpy.memmap, so a large
   corpus is tokenized once and never held in memory; the first 90% is train, the rest val.
 """
@@ -77,16 +78,67 @@ class CharTokenizer:
         return hashlib.sha1(json.dumps(self.to_dict()).encode()).hexdigest()[:12]
 
 
-def tokenizer_from_dict(d):
+TRAINABLE = ("char", "bpe", "unigram", "wordpiece")
+
+
+def build_tokenizer(spec, text, vocab_size=None):
+    """A tokenizer for training: "char" (the text's characters), "bpe" / "unigram" / "wordpiece"
+    (trained on text to vocab_size tokens), or the path of a saved tokenizer, a .tiktoken rank
+    file or a BERT vocab.txt (see minillm.tokenizers.load)."""
+    if spec == "char":
+        return CharTokenizer.train(text)
+    from . import tokenizers
+    if spec in tokenizers.KINDS:
+        if not vocab_size:
+            raise ValueError(f"a {spec} tokenizer needs a vocab size")
+        return tokenizers.KINDS[spec].train(text, vocab_size)
+    if os.path.exists(spec):
+        return tokenizers.load(spec)
+    raise ValueError(f"tokenizer must be one of {TRAINABLE} or the path of a saved tokenizer, got {spec!r}")
+
+
+def encode(tokenizer, text):
+    """Token ids of text as int64; a subword tokenizer treats special-token text as ordinary text."""
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.encode(text)
+    return np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
+
+
+def decode(tokenizer, ids):
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.decode(ids)
+    return tokenizer.decode([int(i) for i in ids], errors="replace")
+
+
+def tokenizer_fingerprint(tokenizer):
+    """A short hash that changes whenever the tokenizer would encode differently."""
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.fingerprint()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        h = hashlib.sha1()
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:12]
+
+
+def save_tokenizer(tokenizer, directory):
+    """The tokenizer's entry for config.json; a subword tokenizer's files go to directory/tokenizer/."""
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.to_dict()
+    tokenizer.save(os.path.join(directory, "tokenizer"))
+    return {"kind": tokenizer.kind, "path": "tokenizer"}
+
+
+def tokenizer_from_dict(d, directory=None):
     if d.get("kind") == "char":
         return CharTokenizer(d["chars"])
+    if "path" in d and directory is not None:
+        from . import tokenizers
+        return tokenizers.load(os.path.join(directory, d["path"]))
     raise ValueError(f"unknown tokenizer kind {d.get('kind')!r}")
-
-
-def build_tokenizer(kind, text):
-    if kind == "char":
-        return CharTokenizer.train(text)
-    raise ValueError(f"tokenizer must be 'char' for now, got {kind!r}")
 
 
 def cached_token_ids(text, tokenizer, source_path, cache_dir):
@@ -100,12 +152,12 @@ def cached_token_ids(text, tokenizer, source_path, cache_dir):
     else:
         st = os.stat(source_path)
         key, stem = f"{os.path.abspath(source_path)}:{st.st_size}:{st.st_mtime_ns}", os.path.basename(source_path)
-    digest = hashlib.sha1(f"{key}:{tokenizer.fingerprint()}".encode()).hexdigest()[:12]
+    digest = hashlib.sha1(f"{key}:{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:12]
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
     path = os.path.join(cache_dir, f"{stem}.{digest}.{np.dtype(dtype).name}.tokens")
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
-        ids = tokenizer.encode(text).astype(dtype)
+        ids = encode(tokenizer, text).astype(dtype)
         tmp = f"{path}.tmp{os.getpid()}"
         ids.tofile(tmp)
         os.replace(tmp, path)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import checkpoint as ckpt
-from .data import TokenData, build_tokenizer, cached_token_ids, read_text, tokenizer_from_dict
+from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text, tokenizer_from_dict
 from .generate import generate
 from .models import DecoderLM, ModelConfig
 from .optim import SGD, AdamW, clip_grad_norm, cosine_lr, param_groups
@@ -26,7 +26,8 @@ from .tensor import no_grad
 
 @dataclass
 class TrainConfig:
-    tokenizer: str = "char"
+    tokenizer: str = "char"        # char | bpe | unigram | wordpiece | path of a saved tokenizer
+    tokenizer_vocab_size: int | None = None   # for trained tokenizers; None: the model's vocab_size
     batch_size: int = 12
     grad_accum: int = 1
     max_iters: int = 2000
@@ -82,12 +83,13 @@ class Trainer:
         text = read_text(data_path)
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
-            self.tokenizer = tokenizer_from_dict(saved["config"]["tokenizer"])
+            self.tokenizer = tokenizer_from_dict(saved["config"]["tokenizer"], out_dir)
             model_config = ModelConfig.from_dict(saved["config"]["model"])
             self.config = train_config = TrainConfig.from_dict(saved["state"]["train_config"] | {
                 "max_iters": train_config.max_iters})
         else:
-            self.tokenizer = build_tokenizer(train_config.tokenizer, text)
+            self.tokenizer = build_tokenizer(train_config.tokenizer, text,
+                                             train_config.tokenizer_vocab_size or model_config.vocab_size)
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"the model's vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
@@ -185,10 +187,10 @@ class Trainer:
                 "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib()}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
-        ids = self.tokenizer.encode(prompt).tolist()
+        ids = encode(self.tokenizer, prompt).tolist()
         out = generate(self.model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
                        seed=self.config.seed if seed is None else seed)
-        return prompt + self.tokenizer.decode(out[0])
+        return prompt + decode(self.tokenizer, out[0])
 
 
 def _progress(start, total, enabled):

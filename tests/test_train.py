@@ -197,3 +197,22 @@ def test_cli_bad_input_exits_2_with_one_line_and_overwrites_nothing(tmp_path, da
         assert message in stderr and stderr.count("\n") == 1, (args, stderr)
     assert {n: open(os.path.join(out, n), "rb").read() for n in snapshot} == snapshot
     assert not os.path.exists(tmp_path / "x" / "state.json")
+
+
+def test_cli_trains_with_a_bpe_tokenizer_and_generates_from_it(tmp_path, data_file, tiny_config, capsys):
+    out = str(tmp_path / "bpe")
+    code, stdout, stderr = run_cli(capsys, "train", "--config", tiny_config, "--data", data_file, "--out", out,
+                                   "--no-progress", "--tokenizer", "bpe", "--tokenizer-vocab-size", "300",
+                                   "--max-iters", "2")
+    assert code == 0, stderr
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["tokenizer"] == {"kind": "bpe", "path": "tokenizer"}
+    assert config["model"]["vocab_size"] == 300
+    code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "To be", "--max-new-tokens", "5",
+                                   "--no-stream", "--seed", "0")
+    assert code == 0 and stdout.startswith("To be"), stderr
+    code, stdout, _ = run_cli(capsys, "eval", "--ckpt", out, "--data", data_file, "--no-progress")
+    assert code == 0 and json.loads(stdout)["loss"] > 0
+    code, _, stderr = run_cli(capsys, "train", "--config", tiny_config, "--data", data_file, "--out",
+                              str(tmp_path / "x"), "--tokenizer", "sentencepiece")
+    assert code == 2 and "tokenizer must be one of" in stderr
