@@ -14,7 +14,7 @@ AVAILABLE = _C is not None
 KERNELS = {}   # name -> function
 
 if AVAILABLE:
-    from . import softmax
+    from . import attention, softmax
 
-    for _family in (softmax,):
+    for _family in (attention, softmax):
         KERNELS.update({name: getattr(_family, name) for name in _family.KERNELS})
