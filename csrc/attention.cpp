@@ -47,17 +47,18 @@ struct Visibility {
     const bool* keep;    // (S,) key padding of this batch row, or nullptr
     int64_t S;
 
-    bool visible(int64_t p, int64_t j) const {
-        if (causal && j > p) return false;
-        if (window && std::abs(p - j) >= window) return false;
-        return !keep || keep[j];
+    // Keys [lo, hi) that position p may see, padding aside (may be empty or reach outside [0, S)).
+    void keys_of(int64_t p, int64_t& lo, int64_t& hi) const {
+        lo = window ? p - window + 1 : INT64_MIN / 2;
+        hi = causal ? p + 1 : (window ? p + window : INT64_MAX / 2);
     }
-    // Keys [lo, hi) that some position in [p0, p1] may see (padding aside).
+    // Keys [lo, hi) within [0, S) that some position in [p0, p1] may see.
     void key_band(int64_t p0, int64_t p1, int64_t& lo, int64_t& hi) const {
-        lo = window ? std::max<int64_t>(0, p0 - window + 1) : 0;
-        hi = causal ? std::min(S, p1 + 1) : S;
-        if (window) hi = std::min(hi, p1 + window);
-        hi = std::max(hi, lo);
+        int64_t unused;
+        keys_of(p0, lo, unused);
+        keys_of(p1, unused, hi);
+        lo = std::max<int64_t>(lo, 0);
+        hi = std::max(std::min(hi, S), lo);
     }
     // Positions [lo, hi) that may see some key in [j0, j1): the inverse of key_band.
     void position_band(int64_t j0, int64_t j1, int64_t& lo, int64_t& hi) const {
@@ -79,13 +80,23 @@ struct Visibility {
 template <typename F>
 void bias_and_mask(const Visibility& vis, bool mask, const F* slope, int64_t p0, int64_t j0, int64_t br,
                    int64_t bc, F* s) {
-    for (int64_t r = 0; r < br; ++r)
-        for (int64_t c = 0; c < bc; ++c) {
-            const int64_t p = p0 + r, j = j0 + c;
-            F& x = s[r * bc + c];
-            if (mask && !vis.visible(p, j)) x = -INFINITY;
-            else if (slope) x -= *slope * F(vis.causal ? p - j : std::abs(p - j));
+    for (int64_t r = 0; r < br; ++r) {
+        const int64_t p = p0 + r;
+        F* row = s + r * bc;
+        int64_t lo = 0, hi = bc;                     // the visible columns [lo, hi) of this row
+        if (mask) {
+            vis.keys_of(p, lo, hi);
+            lo = std::min(std::max<int64_t>(lo - j0, 0), bc);
+            hi = std::min(std::max<int64_t>(hi - j0, lo), bc);
+            std::fill(row, row + lo, F(-INFINITY));
+            std::fill(row + hi, row + bc, F(-INFINITY));
         }
+        if (mask && vis.keep)
+            for (int64_t c = lo; c < hi; ++c)
+                if (!vis.keep[j0 + c]) row[c] = F(-INFINITY);
+        if (slope)                                   // -inf stays -inf
+            for (int64_t c = lo; c < hi; ++c) row[c] -= *slope * F(vis.causal ? p - (j0 + c) : std::abs(p - (j0 + c)));
+    }
 }
 
 // S = scale Q K^T for one (query tile, key tile), with bias and mask: kt is K's tile transposed (D, bc).
@@ -119,7 +130,7 @@ void forward_tile(const AttentionArgs<F>& a, bool simd, int64_t b, int64_t h, in
     std::fill(o, o + br * D, F(0));
     for (int64_t j0 = lo; j0 < hi; j0 += kBc) {
         const int64_t bc = std::min(kBc, hi - j0);
-        attn::transpose_tile(bc, D, k + j0 * D, D, kt);              // (D, bc)
+        attn::transpose_tile(simd, bc, D, k + j0 * D, D, kt);              // (D, bc)
         scores(a, simd, vis, h, q, kt, p0, j0, br, bc, s);           // (br, bc)
         for (int64_t r = 0; r < br; ++r) {                           // online softmax, S becomes P
             F* sr = s + r * bc;
@@ -166,8 +177,8 @@ void backward_key_tile(const AttentionArgs<F>& a, bool simd, const Visibility& v
     const int64_t head = (b * a.H + h) * T;                          // first row of head h
     const F* k = a.k + ((b * a.Hkv + kvh) * S + j0) * D;             // (bc, D)
     const F* v = a.v + ((b * a.Hkv + kvh) * S + j0) * D;
-    attn::transpose_tile(bc, D, k, D, kt);                           // (D, bc)
-    attn::transpose_tile(bc, D, v, D, vt);
+    attn::transpose_tile(simd, bc, D, k, D, kt);                           // (D, bc)
+    attn::transpose_tile(simd, bc, D, v, D, vt);
     for (int64_t i0 = lo; i0 < hi; i0 += kBr) {
         const int64_t br = std::min(kBr, hi - i0);
         const F* q = a.q + (head + i0) * D;                          // (br, D)
@@ -189,8 +200,16 @@ bool big_enough(const AttentionArgs<F>& a) {
 
 }  // namespace
 
+// A window wider than any distance |p - j| < S + T changes nothing; clamping it keeps p +- window in range.
 template <typename F>
-void attention_forward(const AttentionArgs<F>& a, F* out, F* lse) {
+AttentionArgs<F> clamp_window(AttentionArgs<F> a) {
+    if (a.window > a.S + a.T) a.window = a.S + a.T + 1;
+    return a;
+}
+
+template <typename F>
+void attention_forward(const AttentionArgs<F>& args, F* out, F* lse) {
+    const AttentionArgs<F> a = clamp_window(args);
     const bool simd = std::is_same<F, float>::value && use_avx2();
     const int64_t tiles = (a.T + kBr - 1) / kBr, tasks = a.B * a.H * tiles;
 #if defined(MINILLM_OPENMP)
@@ -210,7 +229,9 @@ void attention_forward(const AttentionArgs<F>& a, F* out, F* lse) {
 }
 
 template <typename F>
-void attention_backward(const AttentionArgs<F>& a, const F* dout, const F* out, const F* lse, F* dq, F* dk, F* dv) {
+void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* out, const F* lse, F* dq, F* dk,
+                        F* dv) {
+    const AttentionArgs<F> a = clamp_window(args);
     const bool simd = std::is_same<F, float>::value && use_avx2();
     const int64_t T = a.T, S = a.S, D = a.D, group = a.H / a.Hkv, tasks = a.B * a.Hkv;
 #if defined(MINILLM_OPENMP)

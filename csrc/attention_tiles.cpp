@@ -25,6 +25,14 @@ static void matmul_tile_scalar(std::int64_t m, std::int64_t n, std::int64_t k, F
         }
 }
 
+// Rows [i0, i1) x columns [j0, j1) of At (n, m) = A^T.
+template <typename F>
+static void transpose_part(std::int64_t m, std::int64_t i0, std::int64_t i1, std::int64_t j0, std::int64_t j1,
+                           const F* A, std::int64_t lda, F* At) {
+    for (std::int64_t i = i0; i < i1; ++i)
+        for (std::int64_t j = j0; j < j1; ++j) At[j * m + i] = A[i * lda + j];
+}
+
 template <typename F>
 static F row_max_scalar(const F* x, std::int64_t n) {
     F m = -INFINITY;
@@ -64,23 +72,30 @@ template <int MR, int NV, bool MASKED>
 MINILLM_AVX2 static void micro_avx2(std::int64_t k, float alpha, const float* A, std::int64_t lda, bool trans_a,
                                     const float* B, std::int64_t ldb, float* C, std::int64_t ldc, bool accumulate,
                                     __m256i mask) {
-    __m256 c[MR][NV];
+    __m256 c[MR][NV];   // GCC keeps these in registers only when every loop over them is unrolled
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) c[i][v] = _mm256_setzero_ps();
     const std::int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;   // element (i, p) at i*a_row + p*a_col
     for (std::int64_t p = 0; p < k; ++p) {
         __m256 b[NV];
+#pragma GCC unroll 2
         for (int v = 0; v < NV; ++v)
             b[v] = (MASKED && v == NV - 1) ? _mm256_maskload_ps(B + p * ldb + 8 * v, mask)
                                            : _mm256_loadu_ps(B + p * ldb + 8 * v);
         const float* a = A + p * a_col;
+#pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
             const __m256 ai = _mm256_broadcast_ss(a + i * a_row);
+#pragma GCC unroll 2
             for (int v = 0; v < NV; ++v) c[i][v] = _mm256_fmadd_ps(ai, b[v], c[i][v]);
         }
     }
     const __m256 va = _mm256_set1_ps(alpha);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) {
             float* out = C + i * ldc + 8 * v;
             const bool tail = MASKED && v == NV - 1;
@@ -121,6 +136,35 @@ MINILLM_AVX2 static void matmul_tile_avx2(std::int64_t m, std::int64_t n, std::i
             default: row_block_avx2<1>(n, k, alpha, a, lda, trans_a, B, ldb, c, ldc, accumulate); break;
         }
     }
+}
+
+// 8 x 8 block transpose in registers: unpack pairs, shuffle quads, swap 128-bit halves.
+MINILLM_AVX2 static void transpose8x8_avx2(const float* A, std::int64_t lda, float* B, std::int64_t ldb) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(A + i * lda);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(B + i * ldb, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(B + (i + 4) * ldb, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+}
+
+MINILLM_AVX2 static void transpose_tile_avx2(std::int64_t m, std::int64_t n, const float* A, std::int64_t lda,
+                                             float* At) {
+    const std::int64_t m8 = m / 8 * 8, n8 = n / 8 * 8;
+    for (std::int64_t i = 0; i < m8; i += 8)
+        for (std::int64_t j = 0; j < n8; j += 8) transpose8x8_avx2(A + i * lda + j, lda, At + j * m + i, m);
+    transpose_part(m, 0, m, n8, n, A, lda, At);    // right edge
+    transpose_part(m, m8, m, 0, n8, A, lda, At);   // bottom edge
 }
 
 MINILLM_AVX2 static float row_max_avx2(const float* x, std::int64_t n) {
@@ -194,9 +238,10 @@ void matmul_tile(bool simd, std::int64_t m, std::int64_t n, std::int64_t k, F al
 }
 
 template <typename F>
-void transpose_tile(std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At) {
-    for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t j = 0; j < n; ++j) At[j * m + i] = A[i * lda + j];
+void transpose_tile(bool simd, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At) {
+    MINILLM_ATTN_DISPATCH(transpose_tile_avx2(m, n, A, lda, At))
+    (void)simd;
+    transpose_part(m, 0, m, 0, n, A, lda, At);
 }
 
 template <typename F>
@@ -237,7 +282,7 @@ void softmax_grad_row(bool simd, const F* p, F* dp, std::int64_t n, F d) {
 #define MINILLM_ATTN_INSTANTIATE(F)                                                                              \
     template void matmul_tile<F>(bool, std::int64_t, std::int64_t, std::int64_t, F, const F*, std::int64_t, bool, \
                                  const F*, std::int64_t, F*, std::int64_t, bool);                                 \
-    template void transpose_tile<F>(std::int64_t, std::int64_t, const F*, std::int64_t, F*);                     \
+    template void transpose_tile<F>(bool, std::int64_t, std::int64_t, const F*, std::int64_t, F*);                     \
     template F row_max<F>(bool, const F*, std::int64_t);                                                          \
     template F exp_shifted<F>(bool, const F*, F*, std::int64_t, F);                                               \
     template void scale_row<F>(bool, F*, std::int64_t, F);                                                        \

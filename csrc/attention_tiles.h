@@ -21,7 +21,7 @@ void matmul_tile(bool simd, std::int64_t m, std::int64_t n, std::int64_t k, F al
 
 // At (n, m) with row stride m = A^T for A (m, n) with row stride lda.
 template <typename F>
-void transpose_tile(std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At);
+void transpose_tile(bool simd, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At);
 
 // max of x[0..n); -inf for n = 0.
 template <typename F>
