@@ -38,7 +38,8 @@ using attn::matmul_tile;
 namespace {
 
 constexpr int64_t kBr = 64;   // query rows per tile
-constexpr int64_t kBc = 64;   // keys per tile
+constexpr int64_t kBc = 32;   // keys per tile
+constexpr int64_t kMinRowsToTranspose = 4;   // fewer query rows: scores by dot products (decode)
 
 // Which (query position, key) pairs are visible, for one batch row.
 struct Visibility {
@@ -99,12 +100,20 @@ void bias_and_mask(const Visibility& vis, bool mask, const F* slope, int64_t p0,
     }
 }
 
-// S = scale Q K^T for one (query tile, key tile), with bias and mask: kt is K's tile transposed (D, bc).
+// S = scale Q K^T for one (query tile, key tile), with bias and mask. k is the key tile (bc, D);
+// kt, if given, the same tile transposed (D, bc) for the matmul. Without it (a few query rows, as in
+// a decode step) each score is one dot product, which saves transposing K for a single row.
 template <typename F>
-void scores(const AttentionArgs<F>& a, bool simd, const Visibility& vis, int64_t h, const F* q, const F* kt,
-            int64_t p0, int64_t j0, int64_t br, int64_t bc, F* s) {
+void scores(const AttentionArgs<F>& a, bool simd, const Visibility& vis, int64_t h, const F* q, const F* k,
+            const F* kt, int64_t p0, int64_t j0, int64_t br, int64_t bc, F* s) {
     const int64_t D = a.D;
-    matmul_tile<F>(simd, br, bc, D, F(1) / std::sqrt(F(D)), q, D, false, kt, bc, s, bc, false);
+    const F scale = F(1) / std::sqrt(F(D));
+    if (kt) {
+        matmul_tile<F>(simd, br, bc, D, scale, q, D, false, kt, bc, s, bc, false);
+    } else {
+        for (int64_t r = 0; r < br; ++r)
+            for (int64_t c = 0; c < bc; ++c) s[r * bc + c] = scale * attn::dot_row(simd, q + r * D, k + c * D, D);
+    }
     const bool mask = !vis.all_visible(p0, p0 + br - 1, j0, j0 + bc);
     const F* slope = a.alibi_slopes ? a.alibi_slopes + h : nullptr;
     if (mask || slope) bias_and_mask(vis, mask, slope, p0, j0, br, bc, s);
@@ -130,8 +139,9 @@ void forward_tile(const AttentionArgs<F>& a, bool simd, int64_t b, int64_t h, in
     std::fill(o, o + br * D, F(0));
     for (int64_t j0 = lo; j0 < hi; j0 += kBc) {
         const int64_t bc = std::min(kBc, hi - j0);
-        attn::transpose_tile(simd, bc, D, k + j0 * D, D, kt);              // (D, bc)
-        scores(a, simd, vis, h, q, kt, p0, j0, br, bc, s);           // (br, bc)
+        const bool transpose = br >= kMinRowsToTranspose;
+        if (transpose) attn::transpose_tile(simd, bc, D, k + j0 * D, D, kt);   // (D, bc)
+        scores(a, simd, vis, h, q, k + j0 * D, transpose ? kt : nullptr, p0, j0, br, bc, s);   // (br, bc)
         for (int64_t r = 0; r < br; ++r) {                           // online softmax, S becomes P
             F* sr = s + r * bc;
             const F m_new = std::max(m[r], attn::row_max(simd, sr, bc));
@@ -183,7 +193,7 @@ void backward_key_tile(const AttentionArgs<F>& a, bool simd, const Visibility& v
         const int64_t br = std::min(kBr, hi - i0);
         const F* q = a.q + (head + i0) * D;                          // (br, D)
         const F* dor = dout + (head + i0) * D;
-        scores(a, simd, vis, h, q, kt, off + i0, j0, br, bc, p);     // S (br, bc)
+        scores(a, simd, vis, h, q, k, kt, off + i0, j0, br, bc, p);  // S (br, bc)
         for (int64_t r = 0; r < br; ++r) attn::exp_shifted(simd, p + r * bc, p + r * bc, bc, lse[head + i0 + r]);
         matmul_tile<F>(simd, br, bc, D, F(1), dor, D, false, vt, bc, dp, bc, false);          // dP = dO V^T
         for (int64_t r = 0; r < br; ++r) attn::softmax_grad_row(simd, p + r * bc, dp + r * bc, bc, delta[i0 + r]);
