@@ -5,7 +5,12 @@
 //     (!causal || j <= p) && (!window || |p - j| < window) && key_padding_mask[b, j]
 // and its score is s = q.k / sqrt(D) - slope_h * (causal ? p - j : |p - j|)  (ALiBi, optional).
 //
-// Forward, one (b, h, query tile of kBr rows) per task; the (T, S) score matrix never exists:
+// Tiles are kBr = 64 query rows by kBc = 32 keys (measured at D = 64; they sit in L1/L2). All their
+// products go through one register-blocked matmul_tile (attention_tiles.cpp); a K or V tile is
+// transposed once into a buffer where a product needs it, and a tile of fewer than 4 query rows
+// (a decode step) gets its scores from dot products instead.
+//
+// Forward, one (b, h, query tile) per task; the (T, S) score matrix never exists:
 //     m = -inf, l = 0, O = 0                                   m, l (br), O (br, D)
 //     for each key tile [j0, j0 + bc) inside the rows' band:   (tiles outside causal/window are skipped)
 //         S  = scale Q K^T  (+ ALiBi, -inf where hidden)      (br, bc); masks only on boundary tiles
@@ -14,7 +19,8 @@
 //     out = O / l,  lse = m + log l                            (a row that saw nothing: 0 and +inf)
 //
 // Backward, one (b, kv head) per task, looping over the query heads that share it, so dK and dV
-// (and dQ of those heads) have a single writer and need no locks or partial buffers:
+// (and dQ of those heads) have a single writer and need no locks or partial buffers (the price:
+// no more parallelism than B * Hkv tasks, e.g. one thread for MQA at batch 1):
 //     Dlt = rowsum(dO * O)                                     (T)
 //     for each key tile:  for each query tile inside its band:
 //         P  = exp(S - lse)      (S recomputed as above)       (br, bc)
