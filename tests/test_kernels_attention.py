@@ -131,6 +131,18 @@ def test_rows_that_see_no_key_give_zeros_and_infinite_lse(simd_path, dtype):
     check_parity(q, k, v, dout, dict(causal=True, window=None, alibi_slopes=None, key_padding_mask=mask))
 
 
+def test_wrappers_take_views_and_options_as_the_reference_does(simd_path):
+    """Non-contiguous views, float64 ALiBi slopes with float32 q, window as a NumPy integer."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 4, 9, 12)).astype(np.float32)[..., ::2]        # (2, 4, 9, 6) view
+    kv = rng.standard_normal((2, 2, 11, 6, 2)).astype(np.float32)
+    k, v = kv[..., 0], kv[..., 1]                                              # (2, 2, 11, 6) strided views
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    options = dict(causal=True, window=np.int64(4), alibi_slopes=alibi_slopes(4),
+                   key_padding_mask=np.ones((2, 22), bool)[:, ::2])
+    check_parity(q, k, v, dout, options)
+
+
 # ---- the bindings reject what they cannot handle
 
 def _args(B=1, H=2, Hkv=1, T=3, S=4, D=5, dtype=np.float32):
