@@ -19,8 +19,8 @@
 //     out = O / l,  lse = m + log l                            (a row that saw nothing: 0 and +inf)
 //
 // Backward, one (b, kv head) per task, looping over the query heads that share it, so dK and dV
-// (and dQ of those heads) have a single writer and need no locks or partial buffers (the price:
-// no more parallelism than B * Hkv tasks, e.g. one thread for MQA at batch 1):
+// (and dQ of those heads) have a single writer and need no locks or partial buffers (with fewer
+// kv heads than threads, the key tiles are also split in stripes; see attention_backward):
 //     Dlt = rowsum(dO * O)                                     (T)
 //     for each key tile:  for each query tile inside its band:
 //         P  = exp(S - lse)      (S recomputed as above)       (br, bc)
@@ -249,7 +249,18 @@ void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* ou
                         F* dv) {
     const AttentionArgs<F> a = clamp_window(args);
     const bool simd = std::is_same<F, float>::value && use_avx2();
-    const int64_t T = a.T, S = a.S, D = a.D, group = a.H / a.Hkv, tasks = a.B * a.Hkv;
+    const int64_t T = a.T, S = a.S, D = a.D, group = a.H / a.Hkv, kv_heads = a.B * a.Hkv;
+    const int64_t key_tiles = (S + kBc - 1) / kBc;
+    // A task is (b, kv head, stripe): stripe s of `stripes` owns key tiles s, s + stripes, ..., so its
+    // rows of dK and dV have one writer, and interleaving keeps causal stripes equally busy. One stripe
+    // unless there are fewer kv heads than threads (e.g. MQA at batch 1); then stripe s > 0 adds its dQ
+    // into its own dq-sized buffer (linear in T), summed into dq at the end.
+    int64_t stripes = 1;
+#if defined(MINILLM_OPENMP)
+    if (big_enough(a)) stripes = std::min(key_tiles, std::max<int64_t>(1, omp_get_max_threads() / kv_heads));
+#endif
+    const int64_t dq_size = a.B * a.H * T * D, tasks = kv_heads * stripes;
+    std::vector<F> dq_more(size_t((stripes - 1) * dq_size));
 #if defined(MINILLM_OPENMP)
 #pragma omp parallel if (tasks > 1 && big_enough(a))
 #endif
@@ -258,23 +269,36 @@ void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* ou
 #if defined(MINILLM_OPENMP)
 #pragma omp for schedule(dynamic)
 #endif
-        for (int64_t t = 0; t < tasks; ++t) {                        // t = b * Hkv + kv head: one writer
-            const int64_t b = t / a.Hkv;
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t kvh = t / stripes, stripe = t % stripes, b = kvh / a.Hkv;   // kvh = b * Hkv + kv head
             const Visibility vis{a.causal, a.window, a.key_padding_mask ? a.key_padding_mask + b * S : nullptr, S};
-            F* dk_head = dk + t * S * D;
-            F* dv_head = dv + t * S * D;
-            std::fill(dk_head, dk_head + S * D, F(0));
-            std::fill(dv_head, dv_head + S * D, F(0));
-            for (int64_t h = (t % a.Hkv) * group; h < (t % a.Hkv + 1) * group; ++h) {
+            F* dq_stripe = stripe == 0 ? dq : dq_more.data() + (stripe - 1) * dq_size;
+            F* dk_head = dk + kvh * S * D;
+            F* dv_head = dv + kvh * S * D;
+            for (int64_t tile = stripe; tile < key_tiles; tile += stripes) {
+                const int64_t j0 = tile * kBc, j1 = std::min(S, j0 + kBc);
+                std::fill(dk_head + j0 * D, dk_head + j1 * D, F(0));
+                std::fill(dv_head + j0 * D, dv_head + j1 * D, F(0));
+            }
+            for (int64_t h = (kvh % a.Hkv) * group; h < (kvh % a.Hkv + 1) * group; ++h) {
                 const int64_t head = (b * a.H + h) * T;
-                std::fill(dq + head * D, dq + (head + T) * D, F(0));
+                std::fill(dq_stripe + head * D, dq_stripe + (head + T) * D, F(0));
                 for (int64_t i = 0; i < T; ++i)                      // Dlt_i = rowsum(dO * O)
                     delta[i] = attn::dot_row(simd, dout + (head + i) * D, out + (head + i) * D, D);
-                for (int64_t j0 = 0; j0 < S; j0 += kBc)
+                for (int64_t tile = stripe; tile < key_tiles; tile += stripes) {
+                    const int64_t j0 = tile * kBc;
                     backward_key_tile(a, simd, vis, b, h, j0, std::min(kBc, S - j0), dout, lse, delta.data(),
-                                      kt.data(), vt.data(), p.data(), dp.data(), dq, dk_head + j0 * D,
+                                      kt.data(), vt.data(), p.data(), dp.data(), dq_stripe, dk_head + j0 * D,
                                       dv_head + j0 * D);
+                }
             }
+        }
+        if (stripes > 1) {                                           // dq += the other stripes' dQ
+#if defined(MINILLM_OPENMP)
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < dq_size; ++i)
+                for (int64_t s = 1; s < stripes; ++s) dq[i] += dq_more[(s - 1) * dq_size + i];
         }
     }
 }

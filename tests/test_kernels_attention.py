@@ -131,6 +131,23 @@ def test_rows_that_see_no_key_give_zeros_and_infinite_lse(simd_path, dtype):
     check_parity(q, k, v, dout, dict(causal=True, window=None, alibi_slopes=None, key_padding_mask=mask))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("causal, window", [(True, None), (False, 40)])
+def test_mqa_at_batch_one_on_any_number_of_threads(simd_path, threads, causal, window):
+    """One kv head, one batch row: the backward splits the key tiles into stripes, one per thread."""
+    rng = np.random.default_rng(threads)
+    q, dout = (rng.standard_normal((1, 3, 100, 16)) for _ in range(2))
+    k, v = (rng.standard_normal((1, 1, 130, 16)) for _ in range(2))
+    before = native._C.get_num_threads()
+    native._C.set_num_threads(threads)
+    try:
+        options = dict(causal=causal, window=window, alibi_slopes=None, key_padding_mask=None)
+        check_parity(q, k, v, dout, options)
+        check_parity(*(a.astype(np.float32) for a in (q, k, v, dout)), options)
+    finally:
+        native._C.set_num_threads(before)
+
+
 def test_wrappers_take_views_and_options_as_the_reference_does(simd_path):
     """Non-contiguous views, float64 ALiBi slopes with float32 q, window as a NumPy integer."""
     rng = np.random.default_rng(3)
