@@ -257,7 +257,7 @@ void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* ou
     // into its own dq-sized buffer (linear in T), summed into dq at the end.
     int64_t stripes = 1;
 #if defined(MINILLM_OPENMP)
-    if (big_enough(a)) stripes = std::min(key_tiles, std::max<int64_t>(1, omp_get_max_threads() / kv_heads));
+    if (big_enough(a)) stripes = std::max<int64_t>(1, std::min(key_tiles, omp_get_max_threads() / kv_heads));
 #endif
     const int64_t dq_size = a.B * a.H * T * D, tasks = kv_heads * stripes;
     std::vector<F> dq_more(size_t((stripes - 1) * dq_size));

@@ -214,11 +214,12 @@ def test_backward_binding_checks_dout_out_and_lse():
             native._C.attention_backward(**{"dout": out, "out": out, "lse": lse, **args, **bad})
 
 
-@pytest.mark.parametrize("B, H, Hkv, T, S", [(0, 2, 1, 3, 4), (1, 2, 1, 0, 4), (1, 2, 1, 3, 0), (1, 0, 1, 3, 4)])
-def test_bindings_accept_empty_arrays(B, H, Hkv, T, S):
-    args = _args(B, H, Hkv, T, S)
+@pytest.mark.parametrize("B, H, Hkv, T, S, D", [(0, 2, 1, 3, 4, 5), (1, 2, 1, 0, 4, 5), (1, 2, 1, 3, 0, 5),
+                                                (1, 0, 1, 3, 4, 5), (1, 4, 1, 700, 0, 64)])
+def test_bindings_accept_empty_arrays(B, H, Hkv, T, S, D):
+    args = _args(B, H, Hkv, T, S, D)
     out, lse = native._C.attention_forward(**args)
-    assert out.shape == (B, H, T, 5) and lse.shape == (B, H, T)
+    assert out.shape == (B, H, T, D) and lse.shape == (B, H, T)
     assert np.all(out == 0) and np.all(np.isinf(lse))     # S = 0: no query sees a key
     dq, dk, dv = native._C.attention_backward(out, out=out, lse=lse, **args)
     assert dq.shape == out.shape and dk.shape == dv.shape == args["k"].shape
