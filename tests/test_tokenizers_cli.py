@@ -41,17 +41,17 @@ def test_encode_reads_stdin_and_prints_json_or_tokens(tmp_path, capsys, monkeypa
 
 def test_errors_exit_1_with_a_message(tmp_path, capsys):
     out = str(tmp_path / "bpe")
-    assert main(["tokenizer", "train", "--vocab-size", "100", "--input", CORPUS, "--out", out, "--no-progress"]) == 1
+    assert main(["tokenizer", "train", "--vocab-size", "100", "--input", CORPUS, "--out", out, "--no-progress"]) == 2
     assert "smaller than the 256 byte tokens" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", str(tmp_path / "missing.txt"),
-                 "--out", out]) == 1
+                 "--out", out]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", CORPUS, "--out", out, "--no-progress"]) == 0
-    assert main(["tokenizer", "encode", "--tokenizer", out, "--text", "a <|endoftext|>"]) == 1
+    assert main(["tokenizer", "encode", "--tokenizer", out, "--text", "a <|endoftext|>"]) == 2
     assert "not allowed" in capsys.readouterr().err
-    assert main(["tokenizer", "decode", "--tokenizer", out, "--ids", "195"]) == 1   # a lone 0xC3 byte
+    assert main(["tokenizer", "decode", "--tokenizer", out, "--ids", "195"]) == 2   # a lone 0xC3 byte
     assert "not valid UTF-8" in capsys.readouterr().err
-    assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path / "nowhere"), "--ids", "1"]) == 1
+    assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path / "nowhere"), "--ids", "1"]) == 2
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece"])

@@ -49,8 +49,9 @@ def add_parser(sub):
 
 
 def _fail(message):
-    print(f"minillm tokenizer: {message}", file=sys.stderr)
-    return 1
+    """Bad input: one line naming the problem, exit code 2 (as every minillm command)."""
+    print(f"minillm tokenizer: error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_train(args):
