@@ -549,6 +549,73 @@ py::tuple py_unigram_expected_counts(const unigram::Model& model, const py::list
     return py::make_tuple(py::cast(expected), loglik);
 }
 
+// ---- gemm
+
+bool overlaps(const py::array& x, const py::array& y) {
+    const char* x0 = static_cast<const char*>(x.data());
+    const char* y0 = static_cast<const char*>(y.data());
+    return x.nbytes() && y.nbytes() && x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+py::array py_matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b, const py::object& out,
+                    bool accumulate, const py::object& bias) {
+    const char* fn = "matmul";
+    check_float_array(fn, "a", a);
+    check_float_array(fn, "b", b);
+    if (a.ndim() != 2 || b.ndim() != 2)
+        throw py::value_error(std::string(fn) + ": a and b must be 2-D, got shapes " + shape_str(a) + " and " +
+                              shape_str(b));
+    if (!a.dtype().is(b.dtype()))
+        throw py::value_error(std::string(fn) + ": a and b must have the same dtype, got " +
+                              std::string(py::str(a.dtype())) + " and " + std::string(py::str(b.dtype())));
+    const std::int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+    const std::int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+    if (K != Kb)
+        throw py::value_error(std::string(fn) + ": op(a) is (" + std::to_string(M) + ", " + std::to_string(K) +
+                              ") but op(b) is (" + std::to_string(Kb) + ", " + std::to_string(N) +
+                              "); the inner dimensions must match (a " + shape_str(a) + ", b " + shape_str(b) +
+                              ", trans_a " + (trans_a ? "True" : "False") + ", trans_b " +
+                              (trans_b ? "True" : "False") + ")");
+    py::array c;
+    if (out.is_none()) {
+        if (accumulate) throw py::value_error(std::string(fn) + ": accumulate=True needs out= to add into");
+        c = py::array(a.dtype(), std::vector<py::ssize_t>{M, N});
+    } else {
+        if (!py::isinstance<py::array>(out)) throw py::type_error(std::string(fn) + ": out must be a NumPy array");
+        c = out.cast<py::array>();
+        check_float_array(fn, "out", c);
+        if (!c.dtype().is(a.dtype()) || c.ndim() != 2 || c.shape(0) != M || c.shape(1) != N)
+            throw py::value_error(std::string(fn) + ": out must be (" + std::to_string(M) + ", " + std::to_string(N) +
+                                  ") with dtype " + std::string(py::str(a.dtype())) + ", got " + shape_str(c) + " " +
+                                  std::string(py::str(c.dtype())));
+        if (!c.writeable()) throw py::value_error(std::string(fn) + ": out is read-only");
+        if (overlaps(c, a) || overlaps(c, b)) throw py::value_error(std::string(fn) + ": out must not overlap a or b");
+    }
+    py::array bias_array;
+    const bool has_bias = !bias.is_none();
+    if (has_bias) {
+        if (!py::isinstance<py::array>(bias)) throw py::type_error(std::string(fn) + ": bias must be a NumPy array");
+        bias_array = bias.cast<py::array>();
+        check_float_array(fn, "bias", bias_array);
+        if (!bias_array.dtype().is(a.dtype()) || bias_array.ndim() != 1 || bias_array.shape(0) != N)
+            throw py::value_error(std::string(fn) + ": bias must be (" + std::to_string(N) + ",) with dtype " +
+                                  std::string(py::str(a.dtype())) + ", got " + shape_str(bias_array));
+    }
+    if (a.dtype().is(py::dtype::of<float>())) {
+        const float *ap = cptr<float>(a), *bp = cptr<float>(b), *biasp = has_bias ? cptr<float>(bias_array) : nullptr;
+        float* cp = ptr<float>(c);
+        py::gil_scoped_release release;
+        gemm<float>(ap, bp, cp, M, N, K, trans_a, trans_b, accumulate, biasp);
+    } else {
+        const double *ap = cptr<double>(a), *bp = cptr<double>(b);
+        const double* biasp = has_bias ? cptr<double>(bias_array) : nullptr;
+        double* cp = ptr<double>(c);
+        py::gil_scoped_release release;
+        gemm<double>(ap, bp, cp, M, N, K, trans_a, trans_b, accumulate, biasp);
+    }
+    return c;
+}
+
 // ---- attention
 
 void check_ndim(const char* fn, const char* name, const py::array& a, py::ssize_t ndim, const char* shape) {
@@ -688,6 +755,12 @@ PYBIND11_MODULE(_C, m) {
           "Softmax over the last axis of a C-contiguous float32/float64 array.");
     m.def("softmax_backward", &py_softmax_backward, py::arg("dy"), py::arg("y"),
           "dx = y * (dy - sum(dy * y, axis=-1)) for y = softmax(x).");
+
+    // ---- gemm
+    m.def("matmul", &py_matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+          py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("bias") = py::none(),
+          "C = op(a) op(b) (+ out when accumulate) (+ bias on every row); op transposes when trans_* is set. "
+          "2-D, C-contiguous float32/float64.");
 
     // ---- softmax: log-softmax
     m.def("log_softmax_forward", &py_log_softmax_forward, py::arg("x"),

@@ -7,6 +7,12 @@
 
 namespace minillm {
 
+// gemm.cpp: C (M, N) = op(A) op(B) [+ C if accumulate] [+ bias (N,) on every row]. A is (M, K), or
+// (K, M) if trans_a; B is (K, N), or (N, K) if trans_b; all C-contiguous, C distinct from A and B.
+template <typename T>
+void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int64_t K, bool trans_a, bool trans_b,
+          bool accumulate, const T* bias);
+
 // softmax.cpp: x, y, dy, dx are (rows, n), C-contiguous.
 template <typename T>
 void softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n);

@@ -8,7 +8,7 @@ from .activation import (
     swiglu_backward, swiglu_forward,
 )
 from .attention import attention_backward, attention_forward, visible_keys
-from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward
+from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positions import alibi_slopes, sinusoidal_positions
 from .rope import rope_angles, rope_backward, rope_forward
@@ -18,7 +18,7 @@ from .softmax import (
 )
 
 KERNELS = [
-    "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
+    "matmul", "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
     "rms_norm_forward", "rms_norm_backward", "layer_norm_forward", "layer_norm_backward",
     "gelu_forward", "gelu_backward", "silu_forward", "silu_backward",
     "swiglu_forward", "swiglu_backward", "dropout_forward", "dropout_backward",

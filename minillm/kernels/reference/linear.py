@@ -2,6 +2,21 @@
 import numpy as np
 
 
+def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """C = op(a) op(b), op(x) = x.T when its flag is set; with out: written into out, or added
+    to it when accumulate (C += op(a) op(b), how weight gradients are summed). 2-D arrays."""
+    c = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if out is None:
+        if accumulate:
+            raise ValueError("matmul: accumulate=True needs out= to add into")
+        return c
+    if accumulate:
+        out += c
+    else:
+        out[...] = c
+    return out
+
+
 def linear_forward(x, w, b=None):
     """y = x W^T + b.   x: (..., in), w: (out, in), b: (out,) or None -> y: (..., out)."""
     y = x @ w.T
