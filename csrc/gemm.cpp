@@ -13,6 +13,7 @@
 // The first pc block writes C (with the bias), later ones add to it; edge tiles go through a
 // small temporary tile. M = 1 (a decode step's GEMV) has its own path: it streams B once.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -92,7 +93,7 @@ MINILLM_AVX2 void micro_kernel_avx2(std::int64_t kc, const float* ap, const floa
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (std::int64_t k = 0; k < kc; ++k) {
-        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        const __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);   // 64-byte aligned rows
         __m256 a = _mm256_broadcast_ss(ap + 0);
         c00 = _mm256_fmadd_ps(a, b0, c00), c01 = _mm256_fmadd_ps(a, b1, c01);
         a = _mm256_broadcast_ss(ap + 1);
@@ -114,6 +115,24 @@ MINILLM_AVX2 void micro_kernel_avx2(std::int64_t kc, const float* ap, const floa
     _mm256_storeu_ps(acc + 48, c30), _mm256_storeu_ps(acc + 56, c31);
     _mm256_storeu_ps(acc + 64, c40), _mm256_storeu_ps(acc + 72, c41);
     _mm256_storeu_ps(acc + 80, c50), _mm256_storeu_ps(acc + 88, c51);
+}
+
+// A full MR x NR tile of C (leading dim ldc) = acc (+ bias) when overwrite, else += acc.
+MINILLM_AVX2 void write_full_tile_avx2(const float* acc, float* c, std::int64_t ldc, bool overwrite,
+                                       const float* bias) {
+    const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+        float* row = c + r * ldc;
+        __m256 v0 = _mm256_loadu_ps(acc + r * NR), v1 = _mm256_loadu_ps(acc + r * NR + 8);
+        if (overwrite) {
+            v0 = _mm256_add_ps(v0, bias0), v1 = _mm256_add_ps(v1, bias1);
+        } else {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
+        }
+        _mm256_storeu_ps(row, v0);
+        _mm256_storeu_ps(row + 8, v1);
+    }
 }
 #endif
 
@@ -209,6 +228,21 @@ void gemv(const T* x, const Operand<T>& b, T* y, std::int64_t K, std::int64_t N,
     }
 }
 
+// A zero-initialised array of n T's starting on a 64-byte boundary.
+template <typename T>
+class AlignedBuffer {
+  public:
+    explicit AlignedBuffer(std::int64_t n) : storage_(static_cast<size_t>(n) + 64 / sizeof(T)) {
+        auto address = reinterpret_cast<std::uintptr_t>(storage_.data());
+        data_ = reinterpret_cast<T*>((address + 63) & ~std::uintptr_t(63));
+    }
+    T* data() { return data_; }
+
+  private:
+    std::vector<T> storage_;
+    T* data_;
+};
+
 }  // namespace
 
 template <typename T>
@@ -227,7 +261,8 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
     const bool simd = std::is_same<T, float>::value && use_avx2();
     const std::int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR), kc_max = std::min(KC, K);
     const std::int64_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
-    std::vector<T> packed_b(static_cast<size_t>(kc_max * nc_max)), packed_a(static_cast<size_t>(kc_max * mc_max));
+    // packed panels start on a cache line, so each k-row of a B sliver (16 floats = 64 bytes) is one line
+    AlignedBuffer<T> packed_b(kc_max * nc_max), packed_a(kc_max * mc_max);
     const bool parallel = M * N * K >= 64 * 64 * 64;
 
     for (std::int64_t jc = 0; jc < N; jc += NC) {
@@ -265,6 +300,14 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
                         for (std::int64_t ir = 0; ir < m_slivers; ++ir) {
                             const std::int64_t i = ic + ir * MR, rows = std::min(MR, M - i);
                             micro_kernel(simd, kc, packed_a.data() + ir * kc * MR, bp, acc);
+#if MINILLM_X86
+                            if constexpr (std::is_same<T, float>::value) {
+                                if (simd && rows == MR && cols == NR) {
+                                    write_full_tile_avx2(acc, C + i * N + j, N, overwrite, tile_bias);
+                                    continue;
+                                }
+                            }
+#endif
                             write_tile(acc, C + i * N + j, N, rows, cols, overwrite, tile_bias);
                         }
                     }
