@@ -33,12 +33,14 @@ def time_once(fn):
     return time.perf_counter() - start
 
 
-def compare(ours, baselines, repeats=7, warmup=1, min_time=0.05):
+def compare(ours, baselines, repeats=7, warmup=1, min_time=0.05, settle=0.02):
     """Median seconds per call of ours and of each baseline, timed interleaved.
 
     ours: a function of no arguments; baselines: {name: function}. Each repeat runs every
     function once in turn (after `warmup` untimed rounds); a function that takes under min_time
-    is called in a loop that long and the time divided by the number of calls.
+    is called in a loop that long and the time divided by the number of calls. Before each
+    timing the harness sleeps `settle` seconds: OpenBLAS, torch and our OpenMP each keep worker
+    threads spinning for a moment after a call, and on 2 cores those steal the next one's time.
     """
     fns = {"ours": ours, **baselines}
     calls = {}
@@ -51,6 +53,8 @@ def compare(ours, baselines, repeats=7, warmup=1, min_time=0.05):
     for _ in range(repeats):
         for name, fn in fns.items():
             n = calls[name]
+            time.sleep(settle)   # let the previous library's spinning worker threads go idle
+            fn()                 # then wake this one's threads (an untimed call) before timing it
             samples[name].append(time_once(lambda: [fn() for _ in range(n)]) / n)
     return {name: statistics.median(s) for name, s in samples.items()}
 
