@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text, tokenizer_from_dict
 from .generate import generate
 from .models import DecoderLM, ModelConfig
+from .models.decoder import config_from_dict
 from .optim import SGD, AdamW, clip_grad_norm, cosine_lr, param_groups
 from .tensor import no_grad
 
@@ -48,11 +49,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,26 +11,9 @@ if native.AVAILABLE:
     from minillm.kernels.native import softmax as native_softmax
 from minillm.testing.strategies import shapes
 
+from kernel_parity import assert_close, simd_path, tolerance  # noqa: F401 (simd_path is a fixture)
+
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
-
-
-@pytest.fixture(params=["simd", "scalar"])
-def simd_path(request):
-    native._C.force_scalar(request.param == "scalar")
-    yield request.param
-    native._C.force_scalar(False)
-
-
-def tolerance(dtype, n):
-    """Relative error of a length-n reduction in dtype grows about like n * unit roundoff."""
-    return (n + 4) * np.finfo(dtype).eps * 4
-
-
-def assert_close(actual, desired, rtol, atol):
-    """|actual - desired| <= atol + rtol |desired| elementwise, where atol may be an array (per-row scales)."""
-    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
-    bad = ~(np.abs(actual - desired) <= atol + rtol * np.abs(desired))
-    assert not bad.any(), f"{bad.sum()} of {bad.size} differ; first: {actual[bad][:3]} vs {desired[bad][:3]}"
 
 
 @given(shape=shapes(min_dims=1, max_dims=3, max_side=70), scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]),

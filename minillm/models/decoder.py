@@ -18,6 +18,15 @@ from ..tensor import Tensor
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
 
 
+def config_from_dict(cls, values):
+    """cls(**values) for a config dataclass, naming any key it does not have."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**values)
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 65
@@ -60,11 +69,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 class DecoderLM(nn.Module):
