@@ -41,8 +41,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
         p = np.where(keep, p, 0.0)
         p /= p.sum(axis=-1, keepdims=True)
-    u = rng.random((p.shape[0], 1))
-    return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
+    cdf = np.cumsum(p, axis=-1)
+    u = rng.random((p.shape[0], 1)) * cdf[:, -1:]          # scaled by the total, so rounding never
+    return np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1)   # lands on a zero-probability tail
 
 
 def _left_pad(prompts):

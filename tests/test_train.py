@@ -34,7 +34,6 @@ def make_trainer(out, data_file, resume=False, **train):
 
 def test_training_lowers_the_loss(tmp_path, data_file):
     result = make_trainer(tmp_path / "run", data_file, max_iters=40, eval_interval=40, lr_decay_iters=40).run()
-    assert result["step_losses"][-5:] < result["step_losses"][:5]
     assert np.mean(result["step_losses"][-5:]) < np.mean(result["step_losses"][:5]) - 0.3
 
 
