@@ -1,6 +1,6 @@
 """Quantized models: quantize_model keeps the logits close to the float model's in every flavour,
 a quantized checkpoint loads back to the same outputs, generation with the KV cache equals
-generation without it, the straight-through backward is the dequantized linear's, and the CLI
+generation without it (all on both kernel backends), the straight-through backward is the dequantized linear's, and the CLI
 quantizes, evaluates and generates, with clear errors for bad input."""
 import json
 import os
@@ -54,7 +54,7 @@ def relative_rms(got, want):
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_quantized_logits_stay_close_to_the_float_model(flavour, scheme):
+def test_quantized_logits_stay_close_to_the_float_model(backend, flavour, scheme):
     model = tiny_model(flavour)
     want = logits(model, IDS)
     dequantized = tiny_model(flavour)
@@ -83,7 +83,7 @@ def test_quantized_checkpoint_loads_back_to_the_same_outputs(tmp_path, flavour, 
 
 
 @pytest.mark.parametrize("scheme", ["q8_0", "q4_1"])
-def test_quantized_generation_with_the_cache_equals_without(scheme):
+def test_quantized_generation_with_the_cache_equals_without(backend, scheme):
     model = quantize_model(tiny_model("llama"), scheme)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     cached = generate(model, prompts, 8, temperature=0.9, top_k=10, seed=5)
