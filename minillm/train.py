@@ -75,8 +75,9 @@ def estimate_loss(model, data, config, block_size, step):
             for _ in range(config.eval_iters):
                 x, y = data.get_batch(split, config.batch_size, block_size, rng)
                 total += float(model(x, y)[1].data)
-                if split == "val" and model.moe_stats() is not None:
-                    loads.append(model.moe_stats()["load"])
+                stats = model.moe_stats() if split == "val" else None
+                if stats is not None:
+                    loads.append(stats["load"])
             losses[split] = total / config.eval_iters
     if loads:
         losses["expert_load"] = np.mean(loads, axis=0).round(5).tolist()

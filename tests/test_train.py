@@ -254,3 +254,12 @@ def test_cli_trains_an_moe_model_with_and_without_balancing(tmp_path, data_file,
     code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "To be", "--max-new-tokens", "5",
                                    "--seed", "1", "--no-stream")
     assert code == 0 and stdout.startswith("To be"), stderr
+
+
+def test_moe_resume_continues_bit_exactly(tmp_path, data_file):
+    def trainer(out, resume=False, **train):
+        return Trainer(ModelConfig(**MOE_MODEL), TrainConfig(**{**TRAIN, **train}), str(out), data_file,
+                       resume=resume, progress=False, log=lambda msg: None)
+    straight = trainer(tmp_path / "a").run()["step_losses"]
+    trainer(tmp_path / "b", max_iters=3).run()
+    assert trainer(tmp_path / "b", resume=True).run()["step_losses"] == straight[3:]
