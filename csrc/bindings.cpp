@@ -746,6 +746,95 @@ py::tuple py_attention_backward(const py::array& dout, const py::array& q, const
     return py::make_tuple(dq, dk, dv);
 }
 
+// ---- quant: matmul on INT8 / INT4 weights
+
+void check_array(const char* fn, const char* name, const py::array& a, const py::dtype& dtype, const char* dtype_name,
+                 py::ssize_t ndim) {
+    if (!a.dtype().is(dtype))
+        throw py::value_error(std::string(fn) + ": " + name + " must be " + dtype_name + ", got " +
+                              std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(fn) + ": " + name + " must be C-contiguous (use np.ascontiguousarray)");
+    if (a.ndim() != ndim)
+        throw py::value_error(std::string(fn) + ": " + name + " must have " + std::to_string(ndim) +
+                              " dimensions, got shape " + shape_str(a));
+}
+
+void check_shape2(const char* fn, const char* name, const py::array& a, std::int64_t rows, std::int64_t cols) {
+    if (a.shape(0) != rows || a.shape(1) != cols)
+        throw py::value_error(std::string(fn) + ": " + name + " must be (" + std::to_string(rows) + ", " +
+                              std::to_string(cols) + "), got " + shape_str(a));
+}
+
+py::tuple py_quantize_activations(const py::array& x) {
+    const char* fn = "quantize_activations";
+    check_array(fn, "x", x, py::dtype::of<float>(), "float32", 2);
+    const std::int64_t M = x.shape(0), K = x.shape(1), G = (K + 31) / 32;
+    py::array_t<std::int8_t> xq({M, K});
+    py::array_t<float> xd({M, G}), xs({M, G});
+    const float* xp = cptr<float>(x);
+    std::int8_t* xqp = xq.mutable_data();
+    float *xdp = xd.mutable_data(), *xsp = xs.mutable_data();
+    {
+        py::gil_scoped_release release;
+        quantize_activations(xp, M, K, xqp, xdp, xsp);
+    }
+    return py::make_tuple(xq, xd, xs);
+}
+
+py::array py_quant_matmul(const py::array& x, int scheme_id, const py::array& q, const py::array& scale,
+                          const py::object& min, const py::object& bias) {
+    const char* fn = "quant_matmul";
+    if (scheme_id < 0 || scheme_id > 3) throw py::value_error("quant_matmul: scheme must be 0..3 (int8, q8_0, q4_0, q4_1)");
+    const auto scheme = static_cast<QuantScheme>(scheme_id);
+    const bool int4 = scheme == QuantScheme::q4_0 || scheme == QuantScheme::q4_1;
+    check_array(fn, "x", x, py::dtype::of<float>(), "float32", 2);
+    if (int4) check_array(fn, "q", q, py::dtype::of<std::uint8_t>(), "uint8 (two 4-bit values per byte)", 2);
+    else check_array(fn, "q", q, py::dtype::of<std::int8_t>(), "int8", 2);
+    const std::int64_t M = x.shape(0), K = x.shape(1), N = q.shape(0);
+    if (K < 1) throw py::value_error("quant_matmul: x must have at least one column");
+    if (scheme != QuantScheme::int8 && K % 32)
+        throw py::value_error("quant_matmul: x has " + std::to_string(K) +
+                              " columns; group-wise schemes need a multiple of 32");
+    check_shape2(fn, "q", q, N, int4 ? K / 2 : K);
+    if (scheme == QuantScheme::int8) {
+        check_array(fn, "scale", scale, py::dtype::of<float>(), "float32", 1);
+        if (scale.shape(0) != N)
+            throw py::value_error("quant_matmul: scale must be (" + std::to_string(N) + ",), got " + shape_str(scale));
+    } else {
+        check_array(fn, "scale", scale, py::dtype::of<float>(), "float32", 2);
+        check_shape2(fn, "scale", scale, N, K / 32);
+    }
+    py::array min_array, bias_array;
+    if (scheme == QuantScheme::q4_1) {
+        if (min.is_none()) throw py::value_error("quant_matmul: q4_1 needs min");
+        min_array = min.cast<py::array>();
+        check_array(fn, "min", min_array, py::dtype::of<float>(), "float32", 2);
+        check_shape2(fn, "min", min_array, N, K / 32);
+    } else if (!min.is_none()) {
+        throw py::value_error("quant_matmul: min is only for q4_1");
+    }
+    if (!bias.is_none()) {
+        bias_array = bias.cast<py::array>();
+        check_array(fn, "bias", bias_array, py::dtype::of<float>(), "float32", 1);
+        if (bias_array.shape(0) != N)
+            throw py::value_error("quant_matmul: bias must be (" + std::to_string(N) + ",), got " + shape_str(bias_array));
+    }
+    py::array_t<float> y({M, N});
+    const float* xp = cptr<float>(x);
+    const auto* qp = static_cast<const std::uint8_t*>(q.data());
+    const float* sp = cptr<float>(scale);
+    // (a default-constructed py::array is an empty array, not null: test the arguments instead)
+    const float* mp = min.is_none() ? nullptr : cptr<float>(min_array);
+    const float* bp = bias.is_none() ? nullptr : cptr<float>(bias_array);
+    float* yp = y.mutable_data();
+    {
+        py::gil_scoped_release release;
+        if (M && N) quant_matmul(scheme, xp, M, K, qp, sp, mp, bp, N, yp);
+    }
+    return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -832,6 +921,13 @@ PYBIND11_MODULE(_C, m) {
     m.def("attention_backward", &py_attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("out"), py::arg("lse"), py::arg("causal"), py::arg("window"), py::arg("alibi_slopes"),
           py::arg("key_padding_mask"), "Gradients (dq, dk, dv) of attention_forward, recomputing scores tile by tile.");
+
+    // ---- quant
+    m.def("quantize_activations", &py_quantize_activations, py::arg("x"),
+          "x (M, K) float32 -> (xq int8 (M, K), xd (M, G), xs (M, G)): int8 per group of 32 (Q8_0).");
+    m.def("quant_matmul", &py_quant_matmul, py::arg("x"), py::arg("scheme"), py::arg("q"), py::arg("scale"),
+          py::arg("min") = py::none(), py::arg("bias") = py::none(),
+          "y (M, N) = x W^T [+ bias] on quantized W; scheme 0..3 = int8, q8_0, q4_0, q4_1.");
 
     m.def("openmp", []() {
 #if defined(MINILLM_OPENMP)

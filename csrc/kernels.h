@@ -78,6 +78,15 @@ void silu_forward(const T* x, T* y, std::int64_t n);
 template <typename T>
 void silu_backward(const T* dy, const T* x, T* dx, std::int64_t n);
 
+// quant.cpp: matmul on quantized weights (contract: minillm/kernels/reference/quant.py).
+enum class QuantScheme : int { int8 = 0, q8_0 = 1, q4_0 = 2, q4_1 = 3 };
+// x (M, K) -> xq (M, K) int8, xd and xs (M, G), G = ceil(K / 32): Q8_0 per row and group.
+void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* xq, float* xd, float* xs);
+// y (M, N) = x W^T [+ bias]. wq: (N, K) int8, or (N, K/2) packed int4 for q4_*; wd: (N,) for int8,
+// else (N, K/32); wm: (N, K/32) for q4_1, else unused. K % 32 == 0 except for int8.
+void quant_matmul(QuantScheme scheme, const float* x, std::int64_t M, std::int64_t K, const std::uint8_t* wq,
+                  const float* wd, const float* wm, const float* bias, std::int64_t N, float* y);
+
 }  // namespace minillm
 
 // ---- bpe.cpp: byte-level BPE (see minillm/tokenizers/bpe.py for the reference) ----

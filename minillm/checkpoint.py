@@ -56,8 +56,10 @@ def save_checkpoint(directory, model, tokenizer, optimizer=None, state=None):
     """Write model (and optimizer) to directory; state: a JSON-able dict (step, configs, rng, ...)."""
     from .data import save_tokenizer
     os.makedirs(directory, exist_ok=True)
-    write_json(os.path.join(directory, "config.json"), {"format": FORMAT, "model": model.config.to_dict(),
-                                                        "tokenizer": save_tokenizer(tokenizer, directory)})
+    config = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": save_tokenizer(tokenizer, directory)}
+    if getattr(model, "quantization", None):
+        config["quantization"] = {"scheme": model.quantization}
+    write_json(os.path.join(directory, "config.json"), config)
     files = {"model.safetensors": model.state_dict()}
     if optimizer is not None:
         files["optimizer.safetensors"] = optimizer.state_dict()["state"]
@@ -114,7 +116,8 @@ def load_checkpoint(directory, optimizer_wanted=False):
 
 
 def build_model(checkpoint):
-    """The DecoderLM and tokenizer a loaded checkpoint describes, with its weights."""
+    """The DecoderLM and tokenizer a loaded checkpoint describes, with its weights (quantized
+    modules in place if config.json names a quantization scheme; see minillm.quant)."""
     from .data import tokenizer_from_dict
     from .models import DecoderLM, ModelConfig
     try:
@@ -123,6 +126,16 @@ def build_model(checkpoint):
     except (KeyError, TypeError, ValueError, OSError) as error:
         raise CheckpointError(f"checkpoint config is invalid: {error}") from None
     model = DecoderLM(config)
+    quantization = checkpoint["config"].get("quantization")
+    if quantization:
+        from .quant import quantize_model
+        try:
+            quantize_model(model, quantization["scheme"], skeleton=True)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint quantization {quantization!r} is invalid: {error}") from None
+        if not any(key.endswith(".q") for key in checkpoint["model"]):
+            raise CheckpointError(f"checkpoint {checkpoint['directory']!r}: config.json says it is quantized "
+                                  f"({quantization.get('scheme')}) but model.safetensors holds float weights")
     try:
         model.load_state_dict(checkpoint["model"])
     except (KeyError, ValueError) as error:

@@ -3,6 +3,7 @@
     minillm train      train a model (default: the shakespeare-char preset on the built-in corpus)
     minillm generate   sample text from a checkpoint, streaming it as it comes
     minillm eval       loss and perplexity of a checkpoint on held-out text
+    minillm quantize   INT8 / INT4 copy of a checkpoint (generate and eval run on it as on any other)
     minillm tokenizer  train | encode | decode a BPE, Unigram or WordPiece tokenizer (minillm/tokenizers/cli.py)
     minillm demo       forward + backward of a tiny transformer block in each flavour, gradient-checked
     minillm info       how the native extension was built (OpenMP, SIMD, threads)
@@ -175,6 +176,15 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_quantize(args):
+    from .quant import quantize_checkpoint
+    model, (before, after) = quantize_checkpoint(args.ckpt, args.out, args.scheme, overwrite=args.overwrite,
+                                                 progress=not args.no_progress)
+    print(f"quantized {args.ckpt} to {args.scheme}: model.safetensors {before / 2**20:.2f} MiB -> "
+          f"{after / 2**20:.2f} MiB ({before / after:.2f}x smaller); checkpoint in {args.out}")
+    return 0
+
+
 def build_parser():
     from . import __version__
     from .models import preset_names
@@ -228,6 +238,16 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int)
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a checkpoint's weights to INT8 or INT4")
+    p.add_argument("--ckpt", required=True, help="the float checkpoint directory")
+    p.add_argument("--scheme", required=True, choices=["int8", "q8_0", "q4_0", "q4_1"],
+                   help="int8: per output channel; q8_0: int8 in groups of 32; q4_0 / q4_1: 4-bit in groups of 32 "
+                        "(symmetric / with a min)")
+    p.add_argument("--out", required=True, help="directory for the quantized checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_quantize)
 
     sub.add_parser("demo", help="forward/backward of a tiny transformer block in each flavour, with its gradient check"
                    ).set_defaults(run=cmd_demo)

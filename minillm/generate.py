@@ -87,7 +87,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     model.eval()
     try:
         with no_grad():
-            caches = model.new_caches(B, L + steps, dtype=model.wte.weight.dtype) if use_cache else None
+            caches = model.new_caches(B, L + steps, dtype=model.norm_f.weight.dtype) if use_cache else None
             logits = model(ids, positions=positions, key_padding_mask=mask if padded else None, caches=caches)
             for step in range(steps):
                 token = sample_next(logits.data[:, -1], temperature, top_k, top_p, rng)      # (B,)

@@ -165,8 +165,7 @@ class DecoderLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, positions, key_padding_mask, caches[i] if caches else None)
         x = self.norm_f(x)
-        head = self.lm_head.weight if self.lm_head is not None else self.wte.weight
-        logits = F.linear(x, head)                                 # (B, T, V)
+        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)   # (B, T, V)
         if targets is None:
             return logits
         targets = np.asarray(targets)

@@ -34,6 +34,10 @@ class Embedding(Module):
     def forward(self, ids):
         return F.embedding(ids, self.weight)
 
+    def attend(self, x):
+        """x (..., dim) -> (..., num_embeddings) = x weight^T: the table used as a tied output head."""
+        return F.linear(x, self.weight)
+
     def extra_repr(self):
         return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
 

@@ -84,28 +84,51 @@ class Module:
             p.grad = None
         return self
 
+    # ----- buffers: arrays that are state but are not trained (e.g. quantized weights)
+    def own_buffers(self):
+        """{name: array} of this module's own buffers; none unless a subclass keeps some."""
+        return {}
+
+    def named_buffers(self):
+        """(dotted name, module, attribute name, array) of every buffer in the tree."""
+        for prefix, module in self.named_modules():
+            for name, array in module.own_buffers().items():
+                yield (f"{prefix}.{name}" if prefix else name), module, name, array
+
     def state_dict(self):
-        """{dotted parameter name: a copy of its array}."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """{dotted parameter or buffer name: a copy of its array}."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: array.copy() for name, _, _, array in self.named_buffers()})
+        return state
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters of the same names (cast to each parameter's dtype).
+        """Copy arrays into the parameters of the same names (cast to each parameter's dtype), and
+        into the buffers (whose dtype must match exactly: int8 is not uint8).
 
-        strict: every parameter must be given and no other key may be. Shapes must match.
+        strict: every parameter and buffer must be given and no other key may be. Shapes must match.
         Nothing is changed unless the whole state fits.
         """
         params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
+        buffers = {name: (module, attr, array) for name, module, attr, array in self.named_buffers()}
+        missing = [k for k in list(params) + list(buffers) if k not in state]
+        unexpected = [k for k in state if k not in params and k not in buffers]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name, array in state.items():
             if name in params and np.shape(array) != params[name].shape:
                 raise ValueError(f"load_state_dict: {name} has shape {np.shape(array)} in the state "
                                  f"but {params[name].shape} in the model")
+            if name in buffers:
+                have = buffers[name][2]
+                if np.shape(array) != have.shape or np.asarray(array).dtype != have.dtype:
+                    raise ValueError(f"load_state_dict: {name} is {np.asarray(array).dtype} {np.shape(array)} in "
+                                     f"the state but {have.dtype} {have.shape} in the model")
         for name, array in state.items():
             if name in params:
                 params[name].data = np.array(array, dtype=params[name].dtype)
+            elif name in buffers:
+                module, attr, _ = buffers[name]
+                setattr(module, attr, np.array(array))
         return self
 
     def __repr__(self):

@@ -14,7 +14,7 @@ AVAILABLE = _C is not None
 KERNELS = {}   # name -> function
 
 if AVAILABLE:
-    from . import activation, attention, linear, norm, softmax
+    from . import activation, attention, linear, norm, quant, softmax
 
-    for _family in (linear, attention, softmax, norm, activation):
+    for _family in (linear, attention, softmax, norm, activation, quant):
         KERNELS.update({name: getattr(_family, name) for name in _family.KERNELS})

@@ -11,6 +11,7 @@ from .attention import attention_backward, attention_forward, visible_keys
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positions import alibi_slopes, sinusoidal_positions
+from .quant import dequantize_weights, quant_matmul, quantize_activations, quantize_weights
 from .rope import rope_angles, rope_backward, rope_forward
 from .softmax import (
     cross_entropy_backward, cross_entropy_forward, log_softmax_backward, log_softmax_forward,
@@ -26,4 +27,5 @@ KERNELS = [
     "cross_entropy_forward", "cross_entropy_backward",
     "rope_angles", "rope_forward", "rope_backward",
     "attention_forward", "attention_backward",
+    "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
 ]

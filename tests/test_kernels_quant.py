@@ -1,0 +1,151 @@
+"""Quantized weights: each scheme's round trip stays within its theoretical bound; the native
+activation quantization equals the reference bit for bit; the native quantized matmul equals the
+reference (exactly when every scale is 1, so only integer arithmetic is left; to float rounding
+otherwise), on the AVX2 and the scalar path; bad arrays get a clear error."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from minillm.kernels import native, reference
+from minillm.kernels.reference.quant import GROUP, SCHEMES, pack_int4, unpack_int4
+
+pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+
+if native.AVAILABLE:
+    from minillm.kernels.native import quant as native_quant
+
+from kernel_parity import simd_path  # noqa: E402,F401 (a fixture)
+
+ROWS = st.one_of(st.integers(1, 9), st.sampled_from([63, 64, 65, 130]))
+GROUPS = st.integers(1, 12)
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def in_features(scheme, groups, tail):
+    """K: whole groups, plus a short tail for int8 per channel (the only scheme that allows one)."""
+    return groups * GROUP + (tail if scheme == "int8" else 0)
+
+
+@given(scheme=st.sampled_from(SCHEMES), N=ROWS, groups=GROUPS, tail=st.integers(0, 31), seed=SEEDS,
+       scale=st.sampled_from([1e-3, 1.0, 50.0]))
+def test_dequantized_weights_are_within_half_a_step(scheme, N, groups, tail, seed, scale):
+    K = in_features(scheme, groups, tail)
+    w = (np.random.default_rng(seed).standard_normal((N, K)) * scale).astype(np.float32)
+    qw = reference.quantize_weights(w, scheme)
+    err = np.abs(reference.dequantize_weights(scheme, **qw) - w)
+    step = qw["scale"][:, None] if scheme == "int8" else np.repeat(qw["scale"], GROUP, axis=1)   # d per value
+    # round to nearest: |w - q d| <= d / 2, plus float32 rounding of q * d (+ min)
+    assert np.all(err <= step / 2 * (1 + 1e-5) + 4e-7 * np.abs(w).max())
+
+
+@given(scheme=st.sampled_from(SCHEMES), N=ROWS, groups=GROUPS, seed=SEEDS)
+def test_quantized_values_use_the_schemes_range(scheme, N, groups, seed):
+    w = np.random.default_rng(seed).standard_normal((N, groups * GROUP)).astype(np.float32)
+    q = reference.quantize_weights(w, scheme)["q"]
+    values = q.astype(np.int32) if scheme in ("int8", "q8_0") else unpack_int4(q).astype(np.int32)
+    low, high = {"int8": (-127, 127), "q8_0": (-127, 127), "q4_0": (1, 15), "q4_1": (0, 15)}[scheme]
+    assert values.min() >= low and values.max() <= high
+    assert values.max() == high or values.min() == low      # the largest magnitude reaches the end of the range
+
+
+def test_int4_packing_is_llama_cpp_order():
+    values = np.arange(64, dtype=np.uint8).reshape(1, 64) % 16
+    packed = pack_int4(values)
+    assert packed.shape == (1, 32)
+    assert packed[0, 0] == values[0, 0] | (values[0, 16] << 4)      # byte j: value j low, value j + 16 high
+    assert packed[0, 16] == values[0, 32] | (values[0, 48] << 4)
+    np.testing.assert_array_equal(unpack_int4(packed), values)
+
+
+@given(M=ROWS, K=st.integers(1, 200), seed=SEEDS, zero_group=st.booleans())
+def test_native_activation_quantization_is_bitwise_the_reference(simd_path, M, K, seed, zero_group):
+    x = np.random.default_rng(seed).standard_normal((M, K)).astype(np.float32) * 3
+    if zero_group:
+        x[:, :GROUP] = 0.0                                             # d = 0 must give q = 0, not NaN
+    for got, want in zip(native_quant.quantize_activations(x), reference.quantize_activations(x)):
+        np.testing.assert_array_equal(got, want)
+
+
+def integer_operands(rng, scheme, M, N, K):
+    """x and W whose every group has scale 1, so the quantized matmul is exact integer arithmetic."""
+    x = rng.integers(-127, 128, (M, K)).astype(np.float32)
+    x[:, ::GROUP] = 127                                                # each group's max |x| is 127: d = 1
+    if scheme == "q4_1":
+        w = rng.integers(-5, 11, (N, K)).astype(np.float32)
+        w[:, ::GROUP], w[:, 1::GROUP] = -5, 10                         # min -5, (max - min) / 15 = 1
+    else:
+        levels = 7 if scheme == "q4_0" else 127
+        w = rng.integers(-levels, levels + 1, (N, K)).astype(np.float32)
+        w[:, ::GROUP] = levels
+        if scheme == "int8":
+            w[:, 0] = 127                                              # per channel: the row's max is 127
+    return x, w
+
+
+@given(scheme=st.sampled_from(SCHEMES), M=ROWS, N=ROWS, groups=GROUPS, tail=st.integers(0, 31), seed=SEEDS)
+def test_native_quant_matmul_is_exact_on_integer_data(simd_path, scheme, M, N, groups, tail, seed):
+    K = in_features(scheme, groups, tail)
+    x, w = integer_operands(np.random.default_rng(seed), scheme, M, N, K)
+    qw = reference.quantize_weights(w, scheme)
+    expected = x.astype(np.int64) @ w.astype(np.int64).T              # |sums| < 2^24: exact in float32
+    np.testing.assert_array_equal(reference.quant_matmul(x, scheme, **qw), expected)
+    np.testing.assert_array_equal(native_quant.quant_matmul(x, scheme, **qw), expected)
+
+
+@given(scheme=st.sampled_from(SCHEMES), M=ROWS, N=ROWS, groups=GROUPS, tail=st.integers(0, 31), seed=SEEDS,
+       bias=st.booleans())
+def test_native_quant_matmul_equals_reference(simd_path, scheme, M, N, groups, tail, seed, bias):
+    K = in_features(scheme, groups, tail)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    qw = reference.quantize_weights(rng.standard_normal((N, K)).astype(np.float32), scheme)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    want = reference.quant_matmul(x, scheme, **qw, bias=b)
+    got = native_quant.quant_matmul(x, scheme, **qw, bias=b)
+    # same integer sums; only the float sum over K / 32 scaled groups is ordered differently
+    magnitude = np.abs(x) @ np.abs(reference.dequantize_weights(scheme, **qw)).T + (np.abs(b) if bias else 0)
+    np.testing.assert_array_less(np.abs(got - want), 1e-5 * magnitude + 1e-6)
+
+
+@given(scheme=st.sampled_from(SCHEMES), M=st.integers(1, 6), N=st.integers(1, 40), seed=SEEDS)
+def test_quant_matmul_approximates_the_float_product(scheme, M, N, seed):
+    """The error of x W^T is bounded by the two quantization steps: |x| |W - Wq| + |x - xq| |Wq|."""
+    rng = np.random.default_rng(seed)
+    K = 4 * GROUP
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    qw = reference.quantize_weights(w, scheme)
+    wq = reference.dequantize_weights(scheme, **qw)
+    xq, xd, _ = reference.quantize_activations(x)
+    x_err = np.abs(x - xq * np.repeat(xd, GROUP, axis=1))
+    bound = np.abs(x) @ np.abs(w - wq).T + x_err @ np.abs(wq).T
+    got = native_quant.quant_matmul(x, scheme, **qw)
+    assert np.all(np.abs(got - x @ w.T) <= bound * (1 + 1e-4) + 1e-4)
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0", "q4_1"])
+def test_group_schemes_need_a_multiple_of_32(scheme):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        reference.quantize_weights(np.ones((4, 40), np.float32), scheme)
+
+
+def test_bad_arguments_are_clear_errors():
+    rng = np.random.default_rng(0)
+    qw = reference.quantize_weights(rng.standard_normal((8, 64)).astype(np.float32), "q4_0")
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        native_quant.quant_matmul(x, "q5_0", **qw)
+    with pytest.raises(ValueError, match="q must be uint8"):
+        native_quant.quant_matmul(x, "q4_0", qw["q"].view(np.int8), qw["scale"])
+    with pytest.raises(ValueError, match="q must be"):
+        native_quant.quant_matmul(rng.standard_normal((2, 96)).astype(np.float32), "q4_0", **qw)
+    with pytest.raises(ValueError, match="scale must be"):
+        native_quant.quant_matmul(x, "q4_0", qw["q"], qw["scale"][:, :1].copy())
+    with pytest.raises(ValueError, match="q4_1 needs min"):
+        native_quant.quant_matmul(x, "q4_1", **qw)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        native_quant.quant_matmul(x, "q4_0", np.asfortranarray(qw["q"]), qw["scale"])
+    with pytest.raises(ValueError, match="bias must be"):
+        native_quant.quant_matmul(x, "q4_0", **qw, bias=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        reference.quantize_weights(np.full((2, 32), np.nan, np.float32), "q8_0")
