@@ -124,3 +124,19 @@ def test_configs_without_moe_keys_still_load_and_moe_errors_are_clear():
     with pytest.raises(ValueError, match="n_experts must be an int >= 0"):
         ModelConfig(n_experts=-1)
     assert ModelConfig(n_experts=2, top_k=1, capacity_factor=None).capacity_factor is None
+
+
+def test_moe_model_quantizes_its_experts_in_place_and_keeps_the_router():
+    from minillm.quant import quantize_model
+    rng = np.random.default_rng(2)
+    config = ModelConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=32, d_ff=32, activation="swiglu",
+                         bias=False, n_experts=4, top_k=2)
+    model = DecoderLM(config, rng=rng)
+    ids = rng.integers(0, 7, size=(2, 8))
+    model.eval()
+    before = model(ids).data
+    quantize_model(model, "q8_0")
+    moe = model.moe_layers()[0]
+    assert type(moe.router) is nn.Linear and not any(isinstance(e, nn.SwiGLU) for e in moe.experts)
+    np.testing.assert_allclose(model(ids).data, before, atol=0.05)
+    assert generate(model, [[1, 2]], 5, temperature=0) == generate(model, [[1, 2]], 5, temperature=0, use_cache=False)
