@@ -55,6 +55,9 @@ def _configs(args):
         train["lr_decay_iters"] = min(train["lr_decay_iters"], args.max_iters)
     if args.dropout is not None:
         model["dropout"] = args.dropout
+    for key in ("aux_loss_coef", "z_loss_coef"):            # MoE router losses (0 turns one off)
+        if getattr(args, key) is not None:
+            model[key] = getattr(args, key)
     train_config = TrainConfig.from_dict(train)
     return model, train_config
 
@@ -63,7 +66,7 @@ def cmd_train(args):
     from . import checkpoint as ckpt
     from .data import build_tokenizer, read_text
     from .models import ModelConfig
-    from .train import Trainer, TrainingDiverged, plot_losses
+    from .train import Trainer, TrainingDiverged, plot_expert_load, plot_losses
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
@@ -100,8 +103,15 @@ def cmd_train(args):
     print(f"done: step {result['step']}, train loss {losses.get('train', float('nan')):.4f}, "
           f"val loss {losses.get('val', float('nan')):.4f}, {result['seconds']:.1f}s, "
           f"peak memory {result['peak_memory_mib']:.0f} MiB; checkpoint in {out}")
+    if result.get("expert_load"):
+        print("expert load (fraction of top-k assignments per expert" +
+              (", val batches)" if losses.get("expert_load") else ", last step)"))
+        for block, load in zip(trainer.model.moe_stats()["blocks"], result["expert_load"]):
+            print(f"  block {block}: " + " ".join(f"{f:.3f}" for f in load))
     if args.plot:
         print(f"loss curve: {plot_losses(out)}")
+        if result.get("expert_load"):
+            print(f"expert load: {plot_expert_load(out)}")
     if trainer.config.sample_tokens:
         print("\n--- sample ---")
         print(trainer.sample(max_new_tokens=trainer.config.sample_tokens))
@@ -197,7 +207,10 @@ def build_parser():
                    "saved tokenizer / .tiktoken file / vocab.txt (default: the preset's)")
     p.add_argument("--tokenizer-vocab-size", type=int, help="vocabulary size of a trained tokenizer "
                    "(default: the model's vocab_size)")
-    p.add_argument("--plot", action="store_true", help="write a loss-curve PNG (needs matplotlib)")
+    p.add_argument("--aux-loss-coef", type=float, help="MoE models: weight of the load-balancing loss (0: off)")
+    p.add_argument("--z-loss-coef", type=float, help="MoE models: weight of the router z-loss (0: off)")
+    p.add_argument("--plot", action="store_true", help="write a loss-curve PNG, and for MoE models an expert-load "
+                   "histogram (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 

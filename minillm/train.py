@@ -5,6 +5,12 @@ backward; clip the global gradient norm; AdamW step at the cosine-with-warmup le
 Every eval_interval steps (and at the end) estimate train/val loss on fixed batches and save a
 checkpoint. Runs are seeded and deterministic: --resume continues bit-exactly, because the
 checkpoint holds the weights, the optimizer moments, the step and every RNG state.
+
+Mixture-of-Experts models add their router losses to what is minimised (see DecoderLM.forward);
+the logged "loss" stays the cross-entropy, so curves compare with a dense model's, and each step
+record also holds "aux_loss", "z_loss", the per-block "expert_load" (the fraction of top-k
+assignments each expert got) and "dropped" (the fraction dropped at capacity). Eval records hold
+the expert load measured on the val batches.
 """
 import json
 import math
@@ -57,9 +63,11 @@ class TrainingDiverged(RuntimeError):
 
 
 def estimate_loss(model, data, config, block_size, step):
-    """Mean loss over eval_iters batches of each split, drawn from an RNG fixed by (seed, step)."""
+    """Mean loss (the cross-entropy) over eval_iters batches of each split, drawn from an RNG fixed
+    by (seed, step). An MoE model also gets "expert_load": per MoE block the mean fraction of
+    assignments per expert over the val batches."""
     model.eval()
-    losses = {}
+    losses, loads = {}, []
     with no_grad():
         for split in ("train", "val"):
             rng = np.random.default_rng([config.seed, step, split == "val"])
@@ -67,9 +75,22 @@ def estimate_loss(model, data, config, block_size, step):
             for _ in range(config.eval_iters):
                 x, y = data.get_batch(split, config.batch_size, block_size, rng)
                 total += float(model(x, y)[1].data)
+                stats = model.moe_stats() if split == "val" else None
+                if stats is not None:
+                    loads.append(stats["load"])
             losses[split] = total / config.eval_iters
+    if loads:
+        losses["expert_load"] = np.mean(loads, axis=0).round(5).tolist()
     model.train()
     return losses
+
+
+def mean_moe_stats(stats):
+    """Average a list of DecoderLM.moe_stats() (e.g. over micro-batches) into one log record."""
+    return {"aux_loss": float(np.mean([s["aux_loss"] for s in stats])),
+            "z_loss": float(np.mean([s["z_loss"] for s in stats])),
+            "expert_load": np.mean([s["load"] for s in stats], axis=0).round(5).tolist(),
+            "dropped": np.mean([s["dropped"] for s in stats], axis=0).round(5).tolist()}
 
 
 class Trainer:
@@ -104,6 +125,7 @@ class Trainer:
         else:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {train_config.optimizer!r}")
         self.step = 0
+        self.last_moe = None           # the router losses and expert load of the last step (MoE models)
         self.best_val = math.inf
         self.resumed_at = None
         if saved:
@@ -125,18 +147,25 @@ class Trainer:
         ckpt.save_checkpoint(self.out_dir, self.model, self.tokenizer, self.optimizer, state)
 
     def train_step(self):
-        """One optimizer step; returns (loss, grad_norm, lr)."""
+        """One optimizer step; returns (loss, grad_norm, lr). loss is the mean cross-entropy; an MoE
+        model minimises it plus its router losses, which go to self.last_moe with the expert load."""
         c, block = self.config, self.model.config.block_size
         lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters)
         self.optimizer.lr = lr
-        total = 0.0
+        total = objective = 0.0
+        moe = []
         for _ in range(c.grad_accum):
             x, y = self.data.get_batch("train", c.batch_size, block, self.data_rng)
             _, loss = self.model(x, y)
             (loss * (1.0 / c.grad_accum)).backward()
-            total += float(loss.data) / c.grad_accum
-        if not math.isfinite(total):
-            raise TrainingDiverged(f"the loss became {total} at step {self.step}; stopped, and the last checkpoint "
+            objective += float(loss.data) / c.grad_accum
+            stats = self.model.moe_stats()
+            if stats is not None:
+                moe.append(stats)
+            total += (stats["ce"] if stats is not None else float(loss.data)) / c.grad_accum
+        self.last_moe = mean_moe_stats(moe) if moe else None
+        if not math.isfinite(objective):
+            raise TrainingDiverged(f"the loss became {objective} at step {self.step}; stopped, and the last checkpoint "
                                    f"in {self.out_dir} was left as it was (try a lower --lr)")
         grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
@@ -170,10 +199,11 @@ class Trainer:
                 step_losses.append(loss)
                 tok_s = tokens_per_step / (time.perf_counter() - t0)
                 log_file.write(json.dumps({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                           "tokens_per_s": tok_s}) + "\n")
+                                           "tokens_per_s": tok_s, **(self.last_moe or {})}) + "\n")
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    aux = {"aux": f"{self.last_moe['aux_loss']:.3f}"} if self.last_moe else {}
+                    bar.set_postfix(loss=f"{loss:.4f}", **aux, lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             if bar is not None:
                 bar.close()
             if c.eval_iters:
@@ -181,7 +211,8 @@ class Trainer:
             else:
                 self.save()
         return {"step": self.step, "losses": losses, "step_losses": step_losses,
-                "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib()}
+                "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib(),
+                "expert_load": (losses or {}).get("expert_load") or (self.last_moe or {}).get("expert_load")}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
         ids = encode(self.tokenizer, prompt).tolist()
@@ -261,6 +292,43 @@ def plot_losses(out_dir, path=None):
     ax.legend()
     ax.grid(alpha=0.3)
     path = path or os.path.join(out_dir, "loss.png")
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_expert_load(out_dir, path=None):
+    """Bar charts of the fraction of tokens (top-k assignments) per expert, one panel per MoE block,
+    from the last record of train_log.jsonl that has an expert load (an eval record: the val
+    batches; else a training step). Needs matplotlib; returns the PNG's path."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
+    record = None
+    with open(os.path.join(out_dir, "train_log.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "expert_load" in r and (r.get("eval") or record is None or not record.get("eval")):
+                record = r
+    if record is None:
+        raise ValueError(f"{out_dir}: train_log.jsonl has no expert load (is the model an MoE model?)")
+    loads = np.asarray(record["expert_load"])                       # (MoE blocks, E)
+    fig, axes = plt.subplots(1, len(loads), figsize=(2.6 * len(loads) + 1, 3), squeeze=False, sharey=True)
+    for i, (ax, load) in enumerate(zip(axes[0], loads)):
+        ax.bar(np.arange(len(load)), load)
+        ax.axhline(1 / len(load), color="k", ls="--", lw=0.8)       # perfect balance
+        ax.set_title(f"MoE layer {i}")
+        ax.set_xlabel("expert")
+        ax.set_xticks(np.arange(len(load)))
+    axes[0][0].set_ylabel("fraction of assignments")
+    where = "val batches" if record.get("eval") else "last training step"
+    fig.suptitle(f"expert load at step {record['step']} ({where})", fontsize=10, y=1.04)
+    path = path or os.path.join(out_dir, "expert_load.png")
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)

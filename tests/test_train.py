@@ -215,3 +215,51 @@ def test_cli_trains_with_a_bpe_tokenizer_and_generates_from_it(tmp_path, data_fi
     code, _, stderr = run_cli(capsys, "train", "--config", tiny_config, "--data", data_file, "--out",
                               str(tmp_path / "x"), "--tokenizer", "sentencepiece")
     assert code == 2 and "tokenizer must be one of" in stderr
+
+
+# ----- Mixture-of-Experts models
+
+MOE_MODEL = dict(MODEL, dropout=0.0, n_experts=4, top_k=2, d_ff=16, capacity_factor=1.0)
+
+
+def test_moe_model_trains_logs_its_router_and_round_trips(tmp_path, data_file):
+    out = tmp_path / "moe"
+    trainer = Trainer(ModelConfig(**MOE_MODEL), TrainConfig(**{**TRAIN, "max_iters": 30, "eval_interval": 30,
+                                                                "lr_decay_iters": 30}),
+                      str(out), data_file, progress=False, log=lambda msg: None)
+    result = trainer.run()
+    assert np.mean(result["step_losses"][-5:]) < np.mean(result["step_losses"][:5]) - 0.3
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    step = [r for r in log if not r.get("eval")][-1]
+    assert {"aux_loss", "z_loss", "expert_load", "dropped"} <= set(step) and step["aux_loss"] >= 1.0 - 1e-6
+    assert len(result["expert_load"]) == 1 and sum(result["expert_load"][0]) == pytest.approx(1, abs=1e-4)
+    assert "expert_load" in log[-1] and log[-1]["eval"]
+    model, tokenizer = ckpt.build_model(ckpt.load_checkpoint(str(out)))
+    ids = tokenizer.encode("To be, or not").reshape(1, -1)
+    trainer.model.eval(), model.eval()
+    np.testing.assert_array_equal(model(ids).data, trainer.model(ids).data)
+
+
+def test_cli_trains_an_moe_model_with_and_without_balancing(tmp_path, data_file, capsys):
+    config = tmp_path / "moe.json"
+    config.write_text(json.dumps({"model": dict(MOE_MODEL, vocab_size=None), "train": TRAIN}))
+    for coef in ("0.01", "0"):
+        out = str(tmp_path / f"moe{coef}")
+        code, stdout, stderr = run_cli(capsys, "train", "--config", str(config), "--data", data_file, "--out", out,
+                                       "--no-progress", "--plot", "--aux-loss-coef", coef)
+        assert code == 0, stderr
+        assert "expert load" in stdout and "block 0:" in stdout
+        assert os.path.exists(os.path.join(out, "expert_load.png"))
+        assert json.load(open(os.path.join(out, "config.json")))["model"]["aux_loss_coef"] == float(coef)
+    code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "To be", "--max-new-tokens", "5",
+                                   "--seed", "1", "--no-stream")
+    assert code == 0 and stdout.startswith("To be"), stderr
+
+
+def test_moe_resume_continues_bit_exactly(tmp_path, data_file):
+    def trainer(out, resume=False, **train):
+        return Trainer(ModelConfig(**MOE_MODEL), TrainConfig(**{**TRAIN, **train}), str(out), data_file,
+                       resume=resume, progress=False, log=lambda msg: None)
+    straight = trainer(tmp_path / "a").run()["step_losses"]
+    trainer(tmp_path / "b", max_iters=3).run()
+    assert trainer(tmp_path / "b", resume=True).run()["step_losses"] == straight[3:]

@@ -3,6 +3,8 @@
 GPT-2: learned positions, LayerNorm, GELU MLP, biases, tied embeddings.
 Llama: RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention via n_kv_head.
 Knobs: sinusoidal or ALiBi positions, sliding-window attention, dropout, tied or untied head.
+Mixture-of-Experts: n_experts > 0 turns the FFN of every moe_every-th block (block i with
+(i + 1) % moe_every == 0) into an nn.MoE of n_experts FFNs, top_k per token.
 
     ids (B, T) -> token embedding (+ position embedding) -> n_layer x TransformerBlock
                -> final norm -> logits (B, T, V) = x @ head^T
@@ -46,6 +48,14 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # Mixture-of-Experts (nn.MoE); n_experts = 0 is a dense model and ignores the rest
+    n_experts: int = 0              # experts per MoE block
+    top_k: int = 2                  # experts per token (1: Switch, 2: Mixtral)
+    capacity_factor: float | None = 1.25   # expert capacity ceil(cf * top_k * N / E) while training; None: no dropping
+    aux_loss_coef: float = 0.01     # weight of the load-balancing loss (summed over MoE blocks)
+    z_loss_coef: float = 0.001      # weight of the router z-loss (summed over MoE blocks)
+    moe_every: int = 1              # block i is MoE when (i + 1) % moe_every == 0
+    renormalize_gates: bool = True  # top_k > 1: gates divided by their sum
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -59,6 +69,34 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        self._check_moe()
+
+    def _check_moe(self):
+        if not isinstance(self.n_experts, int) or self.n_experts < 0:
+            raise ValueError(f"ModelConfig: n_experts must be an int >= 0 (0: dense), got {self.n_experts!r}")
+        if not isinstance(self.moe_every, int) or self.moe_every < 1:
+            raise ValueError(f"ModelConfig: moe_every must be a positive int, got {self.moe_every!r}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"ModelConfig: {name} must be a number >= 0 (0 turns the loss off), got {value!r}")
+        if not isinstance(self.renormalize_gates, bool):
+            raise ValueError(f"ModelConfig: renormalize_gates must be true or false, got {self.renormalize_gates!r}")
+        if self.n_experts == 0:
+            return
+        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"ModelConfig: top_k must be an int in [1, n_experts={self.n_experts}], "
+                             f"got {self.top_k!r}")
+        cf = self.capacity_factor
+        if cf is not None and (not isinstance(cf, (int, float)) or not cf > 0):
+            raise ValueError(f"ModelConfig: capacity_factor must be > 0, or null for no token dropping, got {cf!r}")
+        if self.moe_every > self.n_layer:
+            raise ValueError(f"ModelConfig: moe_every {self.moe_every} is more than n_layer {self.n_layer}, "
+                             "so no block would be MoE; lower moe_every or set n_experts = 0")
+
+    def is_moe_block(self, i):
+        """Block i (from 0) is a Mixture-of-Experts block when n_experts > 0 and (i + 1) % moe_every == 0."""
+        return self.n_experts > 0 and (i + 1) % self.moe_every == 0
 
     @property
     def hidden_size(self):
@@ -85,17 +123,24 @@ class DecoderLM(nn.Module):
         self.blocks = nn.ModuleList([
             nn.TransformerBlock(c.n_embd, c.n_head, c.n_kv_head, c.hidden_size, c.norm, c.activation,
                                 block_positions, True, c.window, c.bias, c.dropout, c.norm_eps, c.rope_theta,
-                                c.init_std, rng, dtype)
-            for _ in range(c.n_layer)])
+                                c.init_std, rng, dtype, c.n_experts if c.is_moe_block(i) else 0, c.top_k,
+                                c.capacity_factor, c.renormalize_gates)
+            for i in range(c.n_layer)])
         self.norm_f = nn.block.NORMS[c.norm](c.n_embd, c.norm_eps, dtype=dtype)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.vocab_size, False, c.init_std, rng, dtype)
         # GPT-2's scaled init: the projections into the residual stream get std / sqrt(2 n_layer)
+        residual = ("attn.wo.weight", "ffn.proj.weight", "ffn.w_down")
         for name, p in self.named_parameters():
-            if name.endswith(("attn.wo.weight", "ffn.proj.weight", "ffn.w_down")):
+            if name.endswith(residual) or (".ffn.experts." in name and name.endswith(("proj.weight", "w_down"))):
                 p.data = (rng.standard_normal(p.shape) * c.init_std / np.sqrt(2 * c.n_layer)).astype(dtype)
 
     def forward(self, ids, targets=None, positions=None, key_padding_mask=None, caches=None):
-        """ids: (B, T) ints -> logits (B, T, V); with targets (B, T) also the mean cross-entropy.
+        """ids: (B, T) ints -> logits (B, T, V); with targets (B, T) also the loss.
+
+        loss: the mean cross-entropy; for an MoE model in training mode plus the router losses,
+            aux_loss_coef * sum of the blocks' balancing losses + z_loss_coef * sum of their z-losses
+        (what training minimises). In eval mode it is the cross-entropy alone, so val losses compare
+        with a dense model's. moe_stats() has the parts of the last forward.
 
         positions: (T,) or (B, T), default start..start+T-1 where start = tokens already cached.
         key_padding_mask: (B, S) bool, True = real token, over the cache and the new tokens.
@@ -127,7 +172,32 @@ class DecoderLM(nn.Module):
         if targets.shape != (B, T):
             raise ValueError(f"DecoderLM: targets must have the shape of ids {ids.shape}, got {targets.shape}")
         loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+        self._last_ce = float(loss.data)
+        moe = self.moe_layers()
+        if moe and self.training:
+            c = self.config
+            if c.aux_loss_coef:
+                loss = loss + sum((m.aux_loss for m in moe[1:]), moe[0].aux_loss) * c.aux_loss_coef
+            if c.z_loss_coef:
+                loss = loss + sum((m.z_loss for m in moe[1:]), moe[0].z_loss) * c.z_loss_coef
         return logits, loss
+
+    def moe_layers(self):
+        """The nn.MoE feed-forwards, in block order (empty for a dense model)."""
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, nn.MoE)]
+
+    def moe_stats(self):
+        """What the router did in the last forward, or None for a dense model:
+        {"blocks": indices of the MoE blocks, "load": per MoE block a list of E fractions of the
+        top-k assignments per expert, "dropped": per block the fraction dropped at capacity,
+        "aux_loss", "z_loss": sums over the blocks, "ce": the cross-entropy (when targets were given)}."""
+        moe = self.moe_layers()
+        if not moe or moe[0].stats is None:
+            return None
+        return {"blocks": [i for i in range(self.config.n_layer) if self.config.is_moe_block(i)],
+                "load": [m.stats["load"].tolist() for m in moe], "dropped": [m.stats["dropped"] for m in moe],
+                "aux_loss": sum(m.stats["aux_loss"] for m in moe), "z_loss": sum(m.stats["z_loss"] for m in moe),
+                "ce": getattr(self, "_last_ce", None)}
 
     def new_caches(self, batch, max_len=None, dtype=np.float32):
         """One empty KVCache per block, for up to max_len (default: the context length) tokens."""
