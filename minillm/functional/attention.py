@@ -1,4 +1,6 @@
 """attention and rope as autograd nodes, and the fixed position tables."""
+import functools
+
 import numpy as np
 
 from .. import kernels
@@ -89,5 +91,15 @@ def rope(x, positions, theta=10000.0):
         raise ValueError(f"rope: positions has shape {positions.shape}; it must be ({T},) or ({B}, {T})")
     if not theta > 0:
         raise ValueError(f"rope: theta must be positive, got {theta}")
-    cos, sin = kernels.rope_angles(positions, D, theta, x.dtype)
+    cos, sin = _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, D, theta, x.dtype.str)
     return RoPE.apply(x, cos, sin)
+
+
+@functools.lru_cache(maxsize=64)
+def _rope_angles(position_bytes, position_dtype, shape, D, theta, dtype):
+    """kernels.rope_angles, cached: training repeats one arange every step, and the 2 * n_layer
+    rope calls of a decode step share their positions. The arrays are never written to."""
+    positions = np.frombuffer(position_bytes, dtype=position_dtype).reshape(shape)
+    cos, sin = kernels.rope_angles(positions, D, theta, np.dtype(dtype))
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
