@@ -176,7 +176,9 @@ def fit_power_law(X, L):
         raise ValueError("fit_power_law: needs at least 2 distinct sizes")
     slope, intercept = np.polyfit(X, L, 1)
     alpha = -slope
-    return float(alpha), float(np.exp(intercept / alpha)) if alpha != 0 else float("inf")
+    with np.errstate(over="ignore", divide="ignore"):
+        x_c = np.exp(intercept / alpha) if alpha != 0 else np.inf
+    return float(alpha), float(x_c) if np.isfinite(x_c) else float("nan")   # nan: beyond float range
 
 
 def frontier(keys, L):
