@@ -106,6 +106,8 @@ def plot_fit_vs_observed(records, law, kaplan, path):
             grid = np.logspace(np.log10(X.min()), np.log10(X.max()), 50)
             ax.plot(grid, (xc / grid) ** a, "r--", label=f"(X_c / X)^{a:.3f}")
         ax.set(xscale="log", yscale="log", xlabel=name, ylabel="val loss", title=f"Kaplan L({name.split()[0]})")
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.ScalarFormatter())
         ax.legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
