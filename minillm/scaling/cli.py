@@ -2,7 +2,7 @@
 
     minillm scaling count --preset llama-15m                 # parameters and FLOPs per token
     minillm scaling sweep --out out/scaling --grid quick --plot
-    minillm scaling sweep --out out/scaling                  # the default grid, ~20-25 min on 2 cores
+    minillm scaling sweep --out out/scaling                  # the default grid, ~15 min on 2 quiet cores
     minillm scaling fit --results out/scaling/results.jsonl --plot
     minillm scaling plan --flops 1e21                        # the compute-optimal N and D (published law)
     minillm scaling plan --params 1e9 --law out/scaling/fit.json --json
@@ -30,7 +30,7 @@ def add_parser(sub):
     p = ssub.add_parser("sweep", help="train a grid of small models, fit both laws, plot")
     p.add_argument("--out", required=True, metavar="DIR", help="results.jsonl, fit.json and the plots go here")
     p.add_argument("--grid", choices=["quick", "default"], default="default",
-                   help="quick: seconds; default: 5 sizes x 4 token budgets, ~20-25 min on 2 cores")
+                   help="quick: seconds; default: 5 sizes x 4 token budgets, ~15 min on 2 quiet cores")
     p.add_argument("--sizes", help="model sizes instead of the grid's: LAYERSxWIDTH[xHEADS],... e.g. 2x64,4x128x4")
     p.add_argument("--tokens", help="token budgets instead of the grid's, e.g. 250k,1M,2M")
     p.add_argument("--block-size", type=int, help="context length (default: the grid's)")
@@ -151,13 +151,14 @@ def _fit_and_report(records, out, n_boot, plot, use_scipy=None):
 def cmd_sweep(args):
     from .. import set_num_threads
     from .counts import measure_matmul_peak
-    from .sweep import estimate_seconds, run_specs, run_sweep
+    from .sweep import estimate_seconds, format_runs, run_specs, run_sweep
     grid = _grid(args)
     if args.threads:
         set_num_threads(args.threads)
     if args.dry_run:
         from ..data import build_tokenizer, read_text
-        specs = run_specs(grid, build_tokenizer("char", read_text(args.data)).vocab_size, args.seed, args.lr)
+        specs = run_specs(grid, build_tokenizer("char", read_text(args.data)).vocab_size, args.seed, args.lr,
+                          args.data)
         for s in specs:
             print(f"{s['key']:<44} {s['tokens']:>10,} tokens  ~{estimate_seconds(s):6.0f}s")
         print(f"{len(specs)} runs, estimated {sum(estimate_seconds(s) for s in specs) / 60:.1f} min on 2 cores")
@@ -167,11 +168,12 @@ def cmd_sweep(args):
         print(f"matmul peak (1024^3 sgemm): {peak / 1e9:.1f} GFLOP/s", file=sys.stderr)
     records, trained = run_sweep(args.out, grid, args.data, args.seed, args.lr, peak, not args.no_progress,
                                  args.keep_checkpoints)
+    print(format_runs(records))
     print(f"{len(records)} runs in {os.path.join(args.out, 'results.jsonl')} ({trained} trained now)")
-    keys = {s["key"] for s in run_specs(grid, records[0]["config"]["vocab_size"], args.seed, args.lr)} \
-        if records else set()
-    mine = [r for r in records if r["key"] in keys]
-    _fit_and_report(mine, args.out, args.n_boot, args.plot)
+    if len(records) < 2:
+        print("(one run: nothing to fit; give more --sizes or --tokens)")
+        return 0
+    _fit_and_report(records, args.out, args.n_boot, args.plot)
     return 0
 
 

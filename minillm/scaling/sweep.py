@@ -14,7 +14,7 @@ interrupted sweep keeps every finished run; rerunning the same command skips the
 already in the file (a truncated last line is ignored, and that run is redone).
 
 Grids. "quick" takes seconds (the tests and CI run it). "default" is 5 sizes x 4 budgets, about
-25 minutes on 2 cores (estimate_seconds prints the estimate before starting): sizes from 2 layers x
+15 minutes on 2 quiet cores (estimate_seconds prints the estimate before starting): sizes from 2 layers x
 32 wide (~25k parameters) to 4 x 160 (~1.2M), budgets 0.25M to 2M tokens, i.e. up to ~2 epochs of
 the ~1 MB built-in corpus. On so small a corpus L(D) stops following a power law once runs repeat
 data; the fitted D exponents describe this corpus, not web text.
@@ -37,11 +37,12 @@ GRIDS = {
                 "tokens": [250_000, 500_000, 1_000_000, 2_000_000], "block_size": 64, "batch_size": 12,
                 "eval_tokens": 65_536},
 }
-# For the duration estimate: the shakespeare-char preset (0.8M parameters, 5.0 MFLOP per training
-# token) trains at ~12.8k tokens/s on 2 cores, ~64 GFLOP/s; a step of the smallest models is
-# bound by per-step overhead (Python, thread wake-ups) of up to ~10 ms whatever its size.
-ESTIMATE_FLOPS_PER_S = 64e9
-ESTIMATE_STEP_OVERHEAD_S = 0.010
+# For the duration estimate, fitted to step times measured on 2 quiet cores (40 steps of each
+# default size): a step costs ~6 ms of overhead (Python, thread wake-ups) plus its FLOPs at
+# ~85 GFLOP/s (7.8 ms/step at 30k parameters, 52 ms at 0.8M, 69 ms at 1.26M). A busy machine is
+# slower, often much slower: OpenMP threads that share their cores with another process stall.
+ESTIMATE_FLOPS_PER_S = 85e9
+ESTIMATE_STEP_OVERHEAD_S = 0.006
 ESTIMATE_RUN_SETUP_S = 1.0
 
 
@@ -81,8 +82,18 @@ def parse_numbers(text, what):
     return out
 
 
-def run_specs(grid, vocab_size, seed=1337, lr=1e-3):
-    """The runs of a grid: one dict per (size, token budget), with its key, model and train configs."""
+def data_tag(data=None):
+    """Names the training text in run keys: "shakespeare" (built-in) or the file's name and size."""
+    if data is None:
+        return "shakespeare"
+    return f"{os.path.basename(data)}:{os.path.getsize(data) if os.path.exists(data) else 0}"
+
+
+def run_specs(grid, vocab_size, seed=1337, lr=1e-3, data=None):
+    """The runs of a grid: one dict per (size, token budget), with its key, model and train configs.
+
+    The key names everything that changes the result (size, context, batch, steps, lr, seed, data),
+    so a rerun with other settings into the same directory trains new runs instead of skipping."""
     from ..models import ModelConfig
     block, batch = grid["block_size"], grid["batch_size"]
     specs = []
@@ -93,7 +104,7 @@ def run_specs(grid, vocab_size, seed=1337, lr=1e-3):
             train = dict(tokenizer="char", batch_size=batch, max_iters=iters, lr=lr, min_lr=lr / 10,
                          warmup_iters=max(1, min(100, iters // 10)), lr_decay_iters=iters, beta2=0.99,
                          eval_iters=0, eval_interval=iters, seed=seed, sample_tokens=0)
-            key = f"L{n_layer}-C{n_embd}-H{n_head}-T{block}-B{batch}-I{iters}-lr{lr:g}-s{seed}"
+            key = f"L{n_layer}-C{n_embd}-H{n_head}-T{block}-B{batch}-I{iters}-lr{lr:g}-s{seed}-{data_tag(data)}"
             specs.append({"key": key, "model": model, "train": train, "tokens": iters * batch * block,
                           "eval_tokens": grid["eval_tokens"]})
     return specs
@@ -165,13 +176,13 @@ def train_one(spec, data=None, peak=None, keep_dir=None):
 
 def run_sweep(out, grid, data=None, seed=1337, lr=1e-3, peak=None, progress=True, keep_checkpoints=False,
               log=None):
-    """Train every run of grid not yet in out/results.jsonl; returns (all records, runs trained now)."""
+    """Train every run of grid not yet in out/results.jsonl; returns (the grid's records, runs trained now)."""
     from ..data import build_tokenizer, read_text
     log = log or (lambda msg: print(msg, file=sys.stderr))
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.jsonl")
     vocab_size = build_tokenizer("char", read_text(data)).vocab_size
-    specs = run_specs(grid, vocab_size, seed, lr)
+    specs = run_specs(grid, vocab_size, seed, lr, data)
     done = {r["key"] for r in read_results(path)}
     todo = [s for s in specs if s["key"] not in done]
     estimate = sum(estimate_seconds(s) for s in todo)
@@ -188,7 +199,8 @@ def run_sweep(out, grid, data=None, seed=1337, lr=1e-3, peak=None, progress=True
         append_result(path, record)
         bar.set_postfix_str(f"{spec['key']} val {record['val_loss']:.3f}")
     bar.close()
-    return read_results(path), len(todo)
+    keys = {s["key"] for s in specs}
+    return [r for r in read_results(path) if r["key"] in keys], len(todo)
 
 
 def fit_results(records, n_boot=200, use_scipy=None, seed=0):
@@ -218,6 +230,16 @@ def write_json(path, payload):
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)
+
+
+def format_runs(records):
+    """One line per run: size, tokens, compute, loss, speed, MFU."""
+    lines = [f"{'run':<54} {'params':>9} {'tokens':>10} {'C=6ND':>9} {'val loss':>8} {'tok/s':>8} {'MFU':>6}"]
+    for r in sorted(records, key=lambda r: (r["params"], r["tokens"])):
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        lines.append(f"{r['key']:<54} {r['params']:>9,} {r['tokens']:>10,} {r['flops_6nd']:>9.2e} "
+                     f"{r['val_loss']:>8.4f} {r['tokens_per_s']:>8,.0f} {mfu:>6}")
+    return "\n".join(lines)
 
 
 def format_fit(fit):
