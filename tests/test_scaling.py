@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from minillm.cli import main
 from minillm.models import DecoderLM, ModelConfig, load_preset
-from minillm.scaling import (ChinchillaLaw, count_parameters, fit_chinchilla, fit_kaplan, fit_power_law,
+from minillm.scaling import (ChinchillaLaw, KaplanLaw, count_parameters, fit_chinchilla, fit_kaplan, fit_power_law,
                              flops_per_token, kaplan_n, measure_matmul_peak, plan)
 from minillm.scaling import fits as fits_module
 from minillm.scaling import sweep as sweep_module
@@ -171,6 +171,14 @@ def test_plan_is_the_closed_form_and_a_minimum_on_the_isoflop_line():
     assert fixed["tokens"] == pytest.approx(C / 6e8) and fixed["loss"] >= result["loss"]
 
 
+def test_published_coefficients_are_the_papers(capsys):
+    assert ChinchillaLaw().to_dict() == {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    assert KaplanLaw().to_dict() == {"alpha_N": 0.076, "N_c": 8.8e13, "alpha_D": 0.095, "D_c": 5.4e13}
+    assert main(["scaling", "plan", "--flops", "5.76e23", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == pytest.approx(ChinchillaLaw().optimal(5.76e23)[0])
+
+
 def test_plan_rejects_bad_input():
     with pytest.raises(ValueError, match="give --flops"):
         plan(ChinchillaLaw())
@@ -186,7 +194,11 @@ def test_sweep_writes_results_resumes_fits_and_plots(tmp_path, monkeypatch, caps
     out = str(tmp_path / "sweep")
     trained = []
     real = sweep_module.train_one
-    monkeypatch.setattr(sweep_module, "train_one", lambda spec, *a, **k: trained.append(spec["key"]) or real(spec, *a, **k))
+
+    def counting(spec, *args, **kwargs):
+        trained.append(spec["key"])
+        return real(spec, *args, **kwargs)
+    monkeypatch.setattr(sweep_module, "train_one", counting)
     assert main(["scaling", "sweep", "--out", out, "--grid", "quick", *TINY, "--plot"]) == 0
     assert len(trained) == 4
     lines = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
@@ -204,7 +216,8 @@ def test_sweep_writes_results_resumes_fits_and_plots(tmp_path, monkeypatch, caps
     assert len(trained) == 4
     assert "(0 trained now)" in capsys.readouterr().out
     # refit from the file, then plan with the fitted law: the plan is the fitted law's closed form
-    assert main(["scaling", "fit", "--results", os.path.join(out, "results.jsonl"), "--n-boot", "3"]) == 0
+    assert main(["scaling", "fit", "--results", os.path.join(out, "results.jsonl"), "--n-boot", "3", "--no-scipy"]) == 0
+    assert json.load(open(os.path.join(out, "fit.json")))["chinchilla"]["optimizer"] == "numpy BFGS"
     capsys.readouterr()
     fit_path = os.path.join(out, "fit.json")
     assert main(["scaling", "plan", "--flops", "1e12", "--law", fit_path, "--json"]) == 0
