@@ -209,12 +209,21 @@ def test_sweep_writes_results_resumes_fits_and_plots(tmp_path, monkeypatch, caps
     for name in ("fit.json", "loss_vs_compute.png", "isoflop.png", "fit_vs_observed.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert "alpha" in capsys.readouterr().out
-    # an interrupted write leaves half a line: it is skipped, and a rerun trains nothing again
-    with open(os.path.join(out, "results.jsonl"), "a") as f:
-        f.write('{"key": "L1-C8')
+    # a rerun trains nothing again
     assert main(["scaling", "sweep", "--out", out, "--grid", "quick", *TINY]) == 0
     assert len(trained) == 4
     assert "(0 trained now)" in capsys.readouterr().out
+    # an interrupted run: its record never made it, and its write left half a line; the rerun trains
+    # that run alone and its record lands on a line of its own
+    path = os.path.join(out, "results.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    with open(path, "w") as f:
+        f.writelines(lines[:-1])
+        f.write(lines[-1][:20])
+    assert main(["scaling", "sweep", "--out", out, "--grid", "quick", *TINY]) == 0
+    assert len(trained) == 5 and trained[-1] == json.loads(lines[-1])["key"]
+    assert len(sweep_module.read_results(path)) == 4
+    capsys.readouterr()
     # refit from the file, then plan with the fitted law: the plan is the fitted law's closed form
     assert main(["scaling", "fit", "--results", os.path.join(out, "results.jsonl"), "--n-boot", "3", "--no-scipy"]) == 0
     assert json.load(open(os.path.join(out, "fit.json")))["chinchilla"]["optimizer"] == "numpy BFGS"

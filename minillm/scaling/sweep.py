@@ -137,9 +137,15 @@ def read_results(path):
 
 
 def append_result(path, record):
-    """Append one JSON line in a single write, flushed to disk."""
+    """Append one JSON line in a single write, flushed to disk (after a newline if an interrupted
+    write left the file without one, so the half line stays a line of its own)."""
+    start = ""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            start = "" if f.read(1) == b"\n" else "\n"
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(start + json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
