@@ -249,6 +249,7 @@ def test_count_command(capsys):
     ["scaling", "count", "--preset", "gpt5"],
     ["scaling", "sweep", "--out", "unused", "--sizes", "3y64", "--dry-run"],
     ["scaling", "fit", "--results", "missing.jsonl"],
+    ["scaling", "sweep", "--out", "unused", "--tokens", "1k,lots", "--dry-run"],
 ])
 def test_bad_input_exits_2(argv, capsys):
     assert main(argv) == 2

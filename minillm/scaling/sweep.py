@@ -216,6 +216,8 @@ def fit_results(records, n_boot=200, use_scipy=None, seed=0):
     from .laws import PUBLISHED_CHINCHILLA, PUBLISHED_KAPLAN
     if len(records) < 2:
         raise ValueError(f"fit: needs at least 2 runs, got {len(records)}")
+    if not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"fit: --n-boot must be an int >= 0 (0: no intervals), got {n_boot!r}")
     try:
         N = np.array([r["params"] for r in records], dtype=float)
         N_ne = np.array([r["non_embedding_params"] for r in records], dtype=float)
