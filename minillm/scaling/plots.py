@@ -1,7 +1,7 @@
 """The sweep's plots (PNG, matplotlib from the `plot` extra):
 
     loss_vs_compute.png   val loss against training compute C = 6 N D, one line per model size; the
-                          observed frontier (the lowest loss reached with at most C) and the fitted
+                          observed frontier (the runs no run with less compute beats) and the fitted
                           law's compute-optimal frontier L(N_opt(C), D_opt(C))
     isoflop.png           IsoFLOP curves: the fitted L(N, C / 6N) against N at fixed C, with their
                           minima N_opt(C), and the runs whose compute is within a factor 1.5 of C
@@ -52,8 +52,8 @@ def plot_loss_vs_compute(records, law, path):
         i = i[np.argsort(C[i])]
         ax.plot(C[i], L[i], "o-", color=cmap(k / max(1, len(sizes) - 1)), label=f"N = {n / 1e6:.3g}M", ms=4)
     order = np.argsort(C)
-    best = np.minimum.accumulate(L[order])
-    ax.step(C[order], best, where="post", color="k", lw=1, alpha=0.6, label="observed frontier")
+    pareto = order[L[order] <= np.minimum.accumulate(L[order])]      # no run with less compute did better
+    ax.plot(C[pareto], L[pareto], "k-", lw=2.5, alpha=0.3, label="observed frontier")
     grid = np.logspace(np.log10(C.min()), np.log10(C.max()), 100)
     n_opt, d_opt = law.optimal(grid)
     ax.plot(grid, law.loss(n_opt, d_opt), "r--", label="fitted compute-optimal")
