@@ -5,6 +5,7 @@
     minillm eval       loss and perplexity of a checkpoint on held-out text
     minillm quantize   INT8 / INT4 copy of a checkpoint (generate and eval run on it as on any other)
     minillm tokenizer  train | encode | decode a BPE, Unigram or WordPiece tokenizer (minillm/tokenizers/cli.py)
+    minillm scaling    count | sweep | fit | plan: scaling laws (minillm/scaling/cli.py)
     minillm demo       forward + backward of a tiny transformer block in each flavour, gradient-checked
     minillm info       how the native extension was built (OpenMP, SIMD, threads)
 
@@ -254,6 +255,8 @@ def build_parser():
     sub.add_parser("info", help="how the native extension was built").set_defaults(run=cmd_info)
     from .tokenizers.cli import add_parser as add_tokenizer_parser
     add_tokenizer_parser(sub)
+    from .scaling.cli import add_parser as add_scaling_parser
+    add_scaling_parser(sub)
     return parser
 
 
