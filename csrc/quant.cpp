@@ -33,10 +33,6 @@ struct QuantArgs {
     std::int64_t M, N, K, G;
 };
 
-inline std::int64_t row_bytes(QuantScheme s, std::int64_t K) {
-    return (s == QuantScheme::q4_0 || s == QuantScheme::q4_1) ? K / 2 : K;
-}
-
 // ---- activations: x -> xq, xd, xs per group of 32 (the last group may be shorter)
 
 void quantize_row_scalar(const float* x, std::int64_t K, std::int8_t* xq, float* xd, float* xs) {
@@ -93,42 +89,45 @@ MINILLM_AVX2 void quantize_row_avx2(const float* x, std::int64_t K, std::int8_t*
 
 // ---- one weight row against up to 4 rows of x:  out[r] = sum_g (scale_g * idot_g [+ m_g xs_g])
 
+// The scheme is a template parameter from here on, so no branch on it is left inside the loops.
+template <QuantScheme S>
+constexpr bool is_int4 = S == QuantScheme::q4_0 || S == QuantScheme::q4_1;
+
+template <QuantScheme S>
+inline std::int64_t row_bytes(std::int64_t K) { return is_int4<S> ? K / 2 : K; }
+
 // The 32 values of weight group g as int (scalar path); q4_0 already has 8 subtracted.
-inline void weight_group_scalar(QuantScheme s, const std::uint8_t* row, std::int64_t g, std::int32_t* w) {
-    if (s == QuantScheme::q4_0 || s == QuantScheme::q4_1) {
+template <QuantScheme S>
+inline void weight_group_scalar(const std::uint8_t* row, std::int64_t g, std::int64_t len, std::int32_t* w) {
+    if constexpr (is_int4<S>) {
         const std::uint8_t* b = row + g * (kGroup / 2);
-        const int offset = s == QuantScheme::q4_0 ? 8 : 0;
+        const int offset = S == QuantScheme::q4_0 ? 8 : 0;
         for (int j = 0; j < kGroup / 2; ++j) {
             w[j] = (b[j] & 0x0F) - offset;
             w[j + kGroup / 2] = (b[j] >> 4) - offset;
         }
     } else {
         const std::int8_t* b = reinterpret_cast<const std::int8_t*>(row) + g * kGroup;
-        for (int j = 0; j < kGroup; ++j) w[j] = b[j];
+        for (std::int64_t j = 0; j < len; ++j) w[j] = b[j];
     }
 }
 
-template <int R>
+template <QuantScheme S, int R>
 void dot_rows_scalar(const QuantArgs& a, std::int64_t m, std::int64_t n, float* out) {
-    const std::uint8_t* row = a.wq + n * row_bytes(a.scheme, a.K);
-    const bool per_channel = a.scheme == QuantScheme::int8;
+    constexpr bool per_channel = S == QuantScheme::int8;
+    const std::uint8_t* row = a.wq + n * row_bytes<S>(a.K);
     float acc[R] = {};
     std::int32_t w[kGroup];
     for (std::int64_t g = 0; g < a.G; ++g) {
         const std::int64_t len = std::min(kGroup, a.K - g * kGroup);
-        if (per_channel) {
-            const std::int8_t* b = reinterpret_cast<const std::int8_t*>(row) + g * kGroup;
-            for (std::int64_t j = 0; j < len; ++j) w[j] = b[j];
-        } else {
-            weight_group_scalar(a.scheme, row, g, w);
-        }
+        weight_group_scalar<S>(row, g, len, w);
         const float wd = per_channel ? 1.0f : a.wd[n * a.G + g];
         for (int r = 0; r < R; ++r) {
             const std::int8_t* xq = a.xq + (m + r) * a.K + g * kGroup;
             std::int32_t dot = 0;
             for (std::int64_t j = 0; j < len; ++j) dot += w[j] * xq[j];
             acc[r] += static_cast<float>(dot) * (wd * a.xd[(m + r) * a.G + g]);
-            if (a.scheme == QuantScheme::q4_1) acc[r] += a.wm[n * a.G + g] * a.xs[(m + r) * a.G + g];
+            if constexpr (S == QuantScheme::q4_1) acc[r] += a.wm[n * a.G + g] * a.xs[(m + r) * a.G + g];
         }
     }
     for (int r = 0; r < R; ++r) out[r] = per_channel ? acc[r] * a.wd[n] : acc[r];
@@ -137,41 +136,55 @@ void dot_rows_scalar(const QuantArgs& a, std::int64_t m, std::int64_t n, float* 
 #if MINILLM_X86
 // The 32 values of weight group g in one register: int8 for int8/q8_0, int8 in [-8, 7] for q4_0,
 // uint8 in [0, 15] for q4_1.
-MINILLM_AVX2 inline __m256i weight_group_avx2(QuantScheme s, const std::uint8_t* row, std::int64_t g) {
-    if (s == QuantScheme::q4_0 || s == QuantScheme::q4_1) {
+template <QuantScheme S>
+MINILLM_AVX2 inline __m256i weight_group_avx2(const std::uint8_t* row, std::int64_t g) {
+    if constexpr (is_int4<S>) {
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * (kGroup / 2)));
         const __m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);    // high nibbles in the upper lane
         const __m256i v = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-        return s == QuantScheme::q4_0 ? _mm256_sub_epi8(v, _mm256_set1_epi8(8)) : v;
+        if constexpr (S == QuantScheme::q4_0) return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+        return v;
     }
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * kGroup));
 }
 
-template <int R>
-MINILLM_AVX2 void dot_rows_avx2(const QuantArgs& a, std::int64_t m, std::int64_t n, float* out) {
-    const std::uint8_t* row = a.wq + n * row_bytes(a.scheme, a.K);
-    const bool per_channel = a.scheme == QuantScheme::int8, unsigned_w = a.scheme == QuantScheme::q4_1;
-    const std::int64_t full = a.K / kGroup;   // groups of exactly 32 (all of them unless int8 has a tail)
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[R];
-    float min_terms[R] = {};
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    for (std::int64_t g = 0; g < full; ++g) {
-        const __m256i w = weight_group_avx2(a.scheme, row, g);
-        const __m256i w_abs = unsigned_w ? w : _mm256_sign_epi8(w, w);
-        const float wd = per_channel ? 1.0f : a.wd[n * a.G + g];
-        for (int r = 0; r < R; ++r) {
-            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m + r) * a.K + g * kGroup));
-            // signed x signed: |w| * (x with w's sign), so maddubs sees an unsigned first operand
-            const __m256i x_signed = unsigned_w ? x : _mm256_sign_epi8(x, w);
-            const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x_signed), ones);   // 8 x int32
-            const __m256 scale = _mm256_set1_ps(wd * a.xd[(m + r) * a.G + g]);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-            if (unsigned_w) min_terms[r] += a.wm[n * a.G + g] * a.xs[(m + r) * a.G + g];
-        }
-    }
+// acc[r] += (integer dot of weight group g with x row m + r) * scale, for r < R.
+template <QuantScheme S, int R>
+MINILLM_AVX2 inline void accumulate_group(const QuantArgs& a, const std::uint8_t* row, std::int64_t m,
+                                          std::int64_t n, std::int64_t g, __m256* acc, float* min_terms) {
+    constexpr bool per_channel = S == QuantScheme::int8, unsigned_w = S == QuantScheme::q4_1;
+    const __m256i w = weight_group_avx2<S>(row, g);
+    const __m256i w_abs = unsigned_w ? w : _mm256_sign_epi8(w, w);
+    const float wd = per_channel ? 1.0f : a.wd[n * a.G + g];
     for (int r = 0; r < R; ++r) {
-        float total = hsum(acc[r]) + min_terms[r];
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m + r) * a.K + g * kGroup));
+        // signed x signed: |w| * (x with w's sign), so maddubs sees an unsigned first operand
+        const __m256i x_signed = unsigned_w ? x : _mm256_sign_epi8(x, w);
+        const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x_signed), _mm256_set1_epi16(1));
+        const __m256 scale = _mm256_set1_ps(wd * a.xd[(m + r) * a.G + g]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+        if constexpr (unsigned_w) min_terms[r] += a.wm[n * a.G + g] * a.xs[(m + r) * a.G + g];
+    }
+}
+
+template <QuantScheme S, int R>
+MINILLM_AVX2 void dot_rows_avx2(const QuantArgs& a, std::int64_t m, std::int64_t n, float* out) {
+    constexpr bool per_channel = S == QuantScheme::int8;
+    const std::uint8_t* row = a.wq + n * row_bytes<S>(a.K);
+    const std::int64_t full = a.K / kGroup;   // groups of exactly 32 (all of them unless int8 has a tail)
+    // two sets of accumulators, for even and odd groups: two independent FMA chains hide the
+    // FMA latency when there are only one or two rows of x
+    __m256 even[R], odd[R];
+    float min_terms[R] = {};
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm256_setzero_ps();
+    std::int64_t g = 0;
+    for (; g + 1 < full; g += 2) {
+        accumulate_group<S, R>(a, row, m, n, g, even, min_terms);
+        accumulate_group<S, R>(a, row, m, n, g + 1, odd, min_terms);
+    }
+    if (g < full) accumulate_group<S, R>(a, row, m, n, g, even, min_terms);
+    for (int r = 0; r < R; ++r) {
+        float total = hsum(_mm256_add_ps(even[r], odd[r])) + min_terms[r];
         if (full < a.G) {   // the short last group of an int8 per-channel row
             const std::int8_t* w = reinterpret_cast<const std::int8_t*>(row) + full * kGroup;
             const std::int8_t* x = a.xq + (m + r) * a.K + full * kGroup;
@@ -184,31 +197,98 @@ MINILLM_AVX2 void dot_rows_avx2(const QuantArgs& a, std::int64_t m, std::int64_t
 }
 #endif
 
-template <int R>
+#if MINILLM_X86
+// One row of x against 4 weight rows n..n+3 (the decode GEMV): x's group is loaded once and its
+// sign moved onto the weights (maddubs(|x|, sign(w, x))), four independent FMA chains.
+template <QuantScheme S>
+MINILLM_AVX2 void dot_4_weight_rows_avx2(const QuantArgs& a, std::int64_t m, std::int64_t n, float* out) {
+    constexpr bool per_channel = S == QuantScheme::int8, unsigned_w = S == QuantScheme::q4_1;
+    constexpr std::int64_t kGroupBytes = is_int4<S> ? kGroup / 2 : kGroup;
+    const std::int64_t stride = row_bytes<S>(a.K), full = a.K / kGroup;
+    const std::uint8_t* row = a.wq + n * stride;
+    const std::int8_t* xrow = a.xq + m * a.K;
+    const float* xd = a.xd + m * a.G;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float min_terms[4] = {};
+    for (std::int64_t g = 0; g < full; ++g) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xrow + g * kGroup));
+        const __m256i x_abs = _mm256_sign_epi8(x, x);
+        for (int j = 0; j < 4; ++j) {
+            // fetch the same group of the next four rows now: decode streams the weights from memory
+            _mm_prefetch(reinterpret_cast<const char*>(row + (4 + j) * stride + g * kGroupBytes), _MM_HINT_T0);
+            const __m256i w = weight_group_avx2<S>(row + j * stride, g);
+            const __m256i prod = unsigned_w ? _mm256_maddubs_epi16(w, x)
+                                            : _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(w, x));
+            const __m256i dot = _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
+            const float scale = per_channel ? xd[g] : a.wd[(n + j) * a.G + g] * xd[g];
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc[j]);
+            if constexpr (unsigned_w) min_terms[j] += a.wm[(n + j) * a.G + g] * a.xs[m * a.G + g];
+        }
+    }
+    for (int j = 0; j < 4; ++j) {
+        float total = hsum(acc[j]) + min_terms[j];
+        if (full < a.G) {   // the short last group of an int8 per-channel row
+            const std::int8_t* w = reinterpret_cast<const std::int8_t*>(row + j * stride) + full * kGroup;
+            std::int32_t dot = 0;
+            for (std::int64_t k = 0; k < a.K - full * kGroup; ++k) dot += w[k] * xrow[full * kGroup + k];
+            total += static_cast<float>(dot) * xd[full];
+        }
+        out[j] = per_channel ? total * a.wd[n + j] : total;
+    }
+}
+#endif
+
+template <QuantScheme S, int R>
 void dot_rows(const QuantArgs& a, bool avx2, std::int64_t m, std::int64_t n, float* out) {
 #if MINILLM_X86
-    if (avx2) return dot_rows_avx2<R>(a, m, n, out);
+    if (avx2) return dot_rows_avx2<S, R>(a, m, n, out);
 #endif
     (void)avx2;
-    dot_rows_scalar<R>(a, m, n, out);
+    dot_rows_scalar<S, R>(a, m, n, out);
 }
 
 // All outputs of one (kTileM x kTileN) tile, 4 rows of x at a time.
+template <QuantScheme S>
 void quant_tile(const QuantArgs& a, bool avx2, std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1,
                 const float* bias, float* y) {
     float out[4];
     for (std::int64_t m = m0; m < m1; m += 4) {
         const std::int64_t rows = std::min<std::int64_t>(4, m1 - m);
-        for (std::int64_t n = n0; n < n1; ++n) {
+        std::int64_t n = n0;
+#if MINILLM_X86
+        if (rows == 1 && avx2) {   // a single row of x (decode): four weight rows at a time
+            for (; n + 4 <= n1; n += 4) {
+                dot_4_weight_rows_avx2<S>(a, m, n, out);
+                for (int j = 0; j < 4; ++j) y[m * a.N + n + j] = out[j] + (bias ? bias[n + j] : 0.0f);
+            }
+        }
+#endif
+        for (; n < n1; ++n) {
             switch (rows) {
-                case 4: dot_rows<4>(a, avx2, m, n, out); break;
-                case 3: dot_rows<3>(a, avx2, m, n, out); break;
-                case 2: dot_rows<2>(a, avx2, m, n, out); break;
-                default: dot_rows<1>(a, avx2, m, n, out); break;
+                case 4: dot_rows<S, 4>(a, avx2, m, n, out); break;
+                case 3: dot_rows<S, 3>(a, avx2, m, n, out); break;
+                case 2: dot_rows<S, 2>(a, avx2, m, n, out); break;
+                default: dot_rows<S, 1>(a, avx2, m, n, out); break;
             }
             const float b = bias ? bias[n] : 0.0f;
             for (std::int64_t r = 0; r < rows; ++r) y[(m + r) * a.N + n] = out[r] + b;
         }
+    }
+}
+
+template <QuantScheme S>
+void quant_tiles(const QuantArgs& a, const float* bias, float* y) {
+    const bool avx2 = use_avx2();
+    const std::int64_t tiles_m = (a.M + kTileM - 1) / kTileM, tiles_n = (a.N + kTileN - 1) / kTileN;
+    const std::int64_t tiles = tiles_m * tiles_n;
+    // tiles in n-major order within each m block, so neighbouring threads share rows of x
+#if defined(MINILLM_OPENMP)
+#pragma omp parallel for schedule(static) if (a.M * a.N * a.K >= 8 * kParallelThreshold)
+#endif
+    for (std::int64_t t = 0; t < tiles; ++t) {
+        const std::int64_t tm = t / tiles_n, tn = t % tiles_n;
+        quant_tile<S>(a, avx2, tm * kTileM, std::min(a.M, (tm + 1) * kTileM), tn * kTileN,
+                      std::min(a.N, (tn + 1) * kTileN), bias, y);
     }
 }
 
@@ -239,17 +319,11 @@ void quant_matmul(QuantScheme scheme, const float* x, std::int64_t M, std::int64
     std::vector<float> xd(static_cast<std::size_t>(M * G)), xs(static_cast<std::size_t>(M * G));
     quantize_activations(x, M, K, xq.data(), xd.data(), xs.data());
     const QuantArgs a{scheme, xq.data(), xd.data(), xs.data(), wq, wd, wm, M, N, K, G};
-    const bool avx2 = use_avx2();
-    const std::int64_t tiles_m = (M + kTileM - 1) / kTileM, tiles_n = (N + kTileN - 1) / kTileN;
-    const std::int64_t tiles = tiles_m * tiles_n;
-    // tiles in n-major order within each m block, so neighbouring threads share rows of x
-#if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(static) if (M * N * K >= 8 * kParallelThreshold)
-#endif
-    for (std::int64_t t = 0; t < tiles; ++t) {
-        const std::int64_t tm = t / tiles_n, tn = t % tiles_n;
-        quant_tile(a, avx2, tm * kTileM, std::min(M, (tm + 1) * kTileM), tn * kTileN, std::min(N, (tn + 1) * kTileN),
-                   bias, y);
+    switch (scheme) {
+        case QuantScheme::int8: quant_tiles<QuantScheme::int8>(a, bias, y); break;
+        case QuantScheme::q8_0: quant_tiles<QuantScheme::q8_0>(a, bias, y); break;
+        case QuantScheme::q4_0: quant_tiles<QuantScheme::q4_0>(a, bias, y); break;
+        case QuantScheme::q4_1: quant_tiles<QuantScheme::q4_1>(a, bias, y); break;
     }
 }
 

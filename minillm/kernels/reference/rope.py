@@ -19,18 +19,28 @@ def rope_angles(positions, head_dim, theta, dtype):
 
 def rotate_half(x):
     """(x1, x2) -> (-x2, x1), halves along the last axis: multiplying by sin completes the rotation."""
-    x1, x2 = np.split(x, 2, axis=-1)
-    return np.concatenate([-x2, x1], axis=-1)
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
 
 
 def rope_forward(x, cos, sin):
-    """y = x * cos + rotate_half(x) * sin   (each pair (x_i, x_{i+D/2}) rotated by its angle)."""
-    return x * cos + rotate_half(x) * sin
+    """y = x * cos + rotate_half(x) * sin   (each pair (x_i, x_{i+D/2}) rotated by its angle).
+
+    Written half by half into one output, which is the same sum without the rotated copy."""
+    h = x.shape[-1] // 2
+    y = x * cos
+    y[..., :h] -= x[..., h:] * sin[..., :h]
+    y[..., h:] += x[..., :h] * sin[..., h:]
+    return y
 
 
 def rope_backward(dy, cos, sin):
     """A rotation's transpose is the rotation back:  dx = dy * cos + rotate_half^T(dy * sin),
     rotate_half^T(g1, g2) = (g2, -g1).
     """
-    g1, g2 = np.split(dy * sin, 2, axis=-1)
-    return dy * cos + np.concatenate([g2, -g1], axis=-1)
+    h = dy.shape[-1] // 2
+    g = dy * sin
+    dx = dy * cos
+    dx[..., :h] += g[..., h:]
+    dx[..., h:] -= g[..., :h]
+    return dx
