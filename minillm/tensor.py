@@ -78,8 +78,11 @@ class Function:
     def apply(cls, *args, **kwargs):
         ctx = Context()
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        if not is_grad_enabled():           # inference: nothing to record (the common decode path)
+            ctx.needs_input_grad = (False,) * len(args)
+            return Tensor(cls.forward(ctx, *arrays, **kwargs))
         inputs = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
-        record = bool(inputs) and is_grad_enabled()
+        record = bool(inputs)
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad and record for a in args)
         out = cls.forward(ctx, *arrays, **kwargs)
         result = Tensor(out, requires_grad=record)
