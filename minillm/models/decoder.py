@@ -207,8 +207,11 @@ class DecoderLM(nn.Module):
                 for _ in range(c.n_layer)]
 
     def num_parameters(self, exclude_embeddings=False):
-        """Exact count; tied embeddings count once. exclude_embeddings drops the token and position tables."""
+        """Exact count of the float parameters; tied embeddings count once. exclude_embeddings drops the
+        token and position tables. (A quantized model's integer weights are buffers, not counted.)"""
         n = super().num_parameters()
         if exclude_embeddings:
-            n -= self.wte.weight.size + (self.wpe.weight.size if self.wpe is not None else 0)
+            for table in (self.wte, self.wpe):
+                if table is not None and isinstance(getattr(table, "weight", None), nn.Parameter):
+                    n -= table.weight.size
         return n
