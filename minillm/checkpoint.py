@@ -140,4 +140,10 @@ def build_model(checkpoint):
         model.load_state_dict(checkpoint["model"])
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"checkpoint weights do not match its config: {error}") from None
+    if quantization:
+        from .quant import check_quantized_weights
+        try:
+            check_quantized_weights(model)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {checkpoint['directory']!r} has invalid quantized weights: {error}") from None
     return model, tokenizer

@@ -197,6 +197,21 @@ def model_nbytes(model):
     return sum(p.data.nbytes for p in model.parameters()) + sum(a.nbytes for *_, a in model.named_buffers())
 
 
+def check_quantized_weights(model):
+    """Raise ValueError if a quantized model's arrays break the schemes' invariants: int8 values in
+    [-127, 127] (the kernels' sign trick has no room for -128) and finite, non-negative scales.
+    Checkpoints are checked when they load, since a file may come from elsewhere."""
+    for name, module in model.named_modules():
+        if not isinstance(module, QuantizedWeights):
+            continue
+        if module.q.dtype == np.int8 and module.q.size and module.q.min() < -127:
+            raise ValueError(f"{name}: int8 weights must be in [-127, 127], found {module.q.min()}")
+        if not np.all(np.isfinite(module.scale)) or np.any(module.scale < 0):
+            raise ValueError(f"{name}: scales must be finite and >= 0")
+        if module.min is not None and not np.all(np.isfinite(module.min)):
+            raise ValueError(f"{name}: mins must be finite")
+
+
 def load_quantized(directory):
     """(model, tokenizer) of a quantized checkpoint; a float checkpoint is an error."""
     from .checkpoint import CheckpointError, build_model, load_checkpoint

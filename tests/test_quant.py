@@ -142,6 +142,14 @@ def test_float_checkpoint_passed_as_quantized_is_a_clear_error(tmp_path):
         ckpt.build_model(ckpt.load_checkpoint(str(tmp_path)))
 
 
+def test_a_quantized_checkpoint_with_out_of_range_values_is_refused(tmp_path):
+    model = quantize_model(tiny_model("gpt2"), "q8_0")
+    model.blocks[0].attn.wq.weight.q[0, 0] = -128          # no scheme makes -128; the kernels cannot take it
+    ckpt.save_checkpoint(str(tmp_path), model, CharTokenizer(CHARS), state={"step": 0})
+    with pytest.raises(ckpt.CheckpointError, match=r"int8 weights must be in \[-127, 127\]"):
+        load_quantized(str(tmp_path))
+
+
 def run_cli(capsys, *args):
     code = main(list(args))
     out, err = capsys.readouterr()

@@ -132,7 +132,9 @@ def quantize_activations(x):
 
 def quant_matmul(x, scheme, q, scale, min=None, bias=None):
     """y (M, N) = x W^T (+ bias) for x (M, K) float32 and W quantized (see quantize_weights),
-    with x quantized per group to int8 on the fly: the formula in the module docstring."""
+    with x quantized per group to int8 on the fly: the formula in the module docstring.
+    int8 weights must lie in [-127, 127], as quantize_weights makes them (the native kernel's
+    sign trick has no room for -128; minillm.quant checks checkpoints for it)."""
     check_scheme(scheme)
     xq, xd, xs = quantize_activations(x)
     M, K = xq.shape
