@@ -3,15 +3,40 @@
     import minillm as mm, minillm.functional as F
     x = mm.tensor(np.random.randn(2, 8).astype(np.float32), requires_grad=True)
     F.gelu(x).sum().backward(); x.grad
+
+Importing minillm loads only the kernel layer (the backend switch and the native extension), so
+`import minillm.kernels` or `import minillm.tokenizers` never loads the autograd engine above it
+(docs/architecture.md has the layers). The autograd names (Tensor, tensor, Function, no_grad,
+is_grad_enabled, concat, stack) are loaded from minillm.autograd on first use by the module
+__getattr__ below (PEP 562); the TYPE_CHECKING import says where they come from to readers, type
+checkers and editors.
 """
 import os
 import warnings
+from typing import TYPE_CHECKING
 
-from .tensor import Function, Tensor, is_grad_enabled, no_grad, tensor  # noqa: I001 (tensor before ops)
-from .ops import concat, stack
 from . import kernels
 
+if TYPE_CHECKING:
+    from .autograd import Function, Tensor, concat, is_grad_enabled, no_grad, stack, tensor  # noqa: F401
+
 __version__ = "0.1.0"
+
+_AUTOGRAD_NAMES = ("Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "concat", "stack")
+
+
+def __getattr__(name):
+    """minillm.<name> for the autograd names: import minillm.autograd once, then keep the name here."""
+    if name in _AUTOGRAD_NAMES:
+        from . import autograd
+        value = getattr(autograd, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'minillm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_AUTOGRAD_NAMES))
 
 
 def build_info():

@@ -6,7 +6,7 @@ without it, every step re-runs the whole sequence. Both give the same tokens.
 """
 import numpy as np
 
-from .tensor import no_grad
+from .autograd import no_grad
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):

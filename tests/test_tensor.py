@@ -190,3 +190,24 @@ def test_deep_chain_does_not_hit_the_recursion_limit():
         y = y * 1.0
     y.backward()
     assert x.grad == 1.0
+
+
+def test_the_old_module_path_minillm_tensor_still_works():
+    """`from minillm.tensor import Tensor, no_grad` (the engine's old home) works, and importing it
+    does not take the name mm.tensor away from the tensor() function. In a fresh interpreter, since
+    this process may have imported the module already."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import minillm as mm\n"
+            "from minillm.tensor import Function, Tensor, no_grad\n"
+            "assert Tensor is mm.Tensor and no_grad is mm.no_grad and Function is mm.Function\n"
+            "t = mm.tensor([1.0, 2.0], requires_grad=True)\n"
+            "(t * t).sum().backward()\n"
+            "print(type(t).__name__, t.grad.tolist())\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=root, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Tensor", "[2.0,", "4.0]"]

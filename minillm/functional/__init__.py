@@ -6,9 +6,10 @@
     F.sinusoidal_positions, F.alibi_slopes, F.quantized_linear
 
 The math lives in `minillm.kernels` (NumPy reference or native); these only check the
-arguments and connect forward to backward.
+arguments and connect forward to backward. Each op is a lowercase function (F.rms_norm) over a
+Function class named <Op>Fn (RMSNormFn), which keeps it apart from the nn module (nn.RMSNorm).
 """
-from ..ops import concat, stack
+from ..autograd import concat, stack
 from .activation import dropout, gelu, silu, swiglu
 from .attention import alibi_slopes, attention, rope, sinusoidal_positions
 from .linear import embedding, linear

@@ -2,7 +2,7 @@
 before any kernel (reference or native) touches the arrays."""
 import numpy as np
 
-from ..tensor import Tensor
+from ..autograd import Tensor
 
 
 def as_input(value):

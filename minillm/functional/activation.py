@@ -2,11 +2,11 @@
 import numpy as np
 
 from .. import kernels
-from ..tensor import Function, Tensor
+from ..autograd import Function, Tensor
 from ._checks import as_input, check_float, check_ndim
 
 
-class GELU(Function):
+class GELUFn(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save(x)
@@ -17,7 +17,7 @@ class GELU(Function):
         return kernels.gelu_backward(dy, *ctx.saved)
 
 
-class SiLU(Function):
+class SiLUFn(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save(x)
@@ -28,7 +28,7 @@ class SiLU(Function):
         return kernels.silu_backward(dy, *ctx.saved)
 
 
-class SwiGLU(Function):
+class SwiGLUFn(Function):
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down):
         y, a, b, h = kernels.swiglu_forward(x, w_gate, w_up, w_down)
@@ -40,7 +40,7 @@ class SwiGLU(Function):
         return kernels.swiglu_backward(dy, *ctx.saved)
 
 
-class Dropout(Function):
+class DropoutFn(Function):
     @staticmethod
     def forward(ctx, x, p, rng):
         y, scale = kernels.dropout_forward(x, p, rng)
@@ -56,14 +56,14 @@ def gelu(x):
     """GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     x = as_input(x)
     check_float("gelu", x=x)
-    return GELU.apply(x)
+    return GELUFn.apply(x)
 
 
 def silu(x):
     """SiLU (swish): x * sigmoid(x)."""
     x = as_input(x)
     check_float("silu", x=x)
-    return SiLU.apply(x)
+    return SiLUFn.apply(x)
 
 
 def swiglu(x, w_gate, w_up, w_down):
@@ -81,7 +81,7 @@ def swiglu(x, w_gate, w_up, w_down):
     if w_gate.shape != (F, C) or w_up.shape != (F, C) or w_down.shape != (C, F):
         raise ValueError(f"swiglu: x has shape {x.shape}, w_gate {w_gate.shape}, w_up {w_up.shape}, "
                          f"w_down {w_down.shape}; expected w_gate and w_up (F, {C}) and w_down ({C}, F)")
-    return SwiGLU.apply(x, w_gate, w_up, w_down)
+    return SwiGLUFn.apply(x, w_gate, w_up, w_down)
 
 
 def dropout(x, p, training=True, rng=None):
@@ -95,4 +95,4 @@ def dropout(x, p, training=True, rng=None):
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
     if not training or p == 0:
         return x if isinstance(x, Tensor) else Tensor(x)
-    return Dropout.apply(x, float(p), rng if rng is not None else np.random.default_rng())
+    return DropoutFn.apply(x, float(p), rng if rng is not None else np.random.default_rng())

@@ -4,12 +4,12 @@ import functools
 import numpy as np
 
 from .. import kernels
+from ..autograd import Function, Tensor
 from ..kernels.reference.positions import alibi_slopes, sinusoidal_positions  # noqa: F401 (re-exported)
-from ..tensor import Function, Tensor
 from ._checks import as_input, check_float, check_ndim
 
 
-class Attention(Function):
+class AttentionFn(Function):
     @staticmethod
     def forward(ctx, q, k, v, options):
         out, lse = kernels.attention_forward(q, k, v, **options)
@@ -58,10 +58,10 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
             raise ValueError(f"attention: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
     options = dict(causal=bool(causal), window=None if window is None else int(window),
                    alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
-    return Attention.apply(q, k, v, options)
+    return AttentionFn.apply(q, k, v, options)
 
 
-class RoPE(Function):
+class RoPEFn(Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save(cos, sin)
@@ -92,7 +92,7 @@ def rope(x, positions, theta=10000.0):
     if not theta > 0:
         raise ValueError(f"rope: theta must be positive, got {theta}")
     cos, sin = _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, D, theta, x.dtype.str)
-    return RoPE.apply(x, cos, sin)
+    return RoPEFn.apply(x, cos, sin)
 
 
 @functools.lru_cache(maxsize=64)

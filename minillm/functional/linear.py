@@ -2,11 +2,11 @@
 import numpy as np
 
 from .. import kernels
-from ..tensor import Function, Tensor
+from ..autograd import Function, Tensor
 from ._checks import as_input, check_float, check_int_ids, check_last_dim, check_ndim
 
 
-class Linear(Function):
+class LinearFn(Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save(x, w, b is not None)
@@ -28,10 +28,10 @@ def linear(x, w, b=None):
     check_last_dim("linear", "x", x, w.shape[1], "w's in_features, w.shape[1]")
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"linear: b has shape {b.shape} but w has shape {w.shape}; b must be ({w.shape[0]},)")
-    return Linear.apply(x, w, b)
+    return LinearFn.apply(x, w, b)
 
 
-class Embedding(Function):
+class EmbeddingFn(Function):
     @staticmethod
     def forward(ctx, ids, weight):
         ctx.save(ids, weight.shape[0])
@@ -50,4 +50,4 @@ def embedding(ids, weight):
     check_float("embedding", weight=weight)
     check_ndim("embedding", "weight", weight, ndim=2)
     check_int_ids("embedding", "ids", ids, weight.shape[0])
-    return Embedding.apply(ids, weight)
+    return EmbeddingFn.apply(ids, weight)

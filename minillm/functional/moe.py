@@ -10,11 +10,11 @@ heavy work of an MoE layer is the experts' own matmuls, which run through their 
 """
 import numpy as np
 
-from ..tensor import Function
+from ..autograd import Function
 from ._checks import as_input, check_float, check_ndim
 
 
-class TopKGates(Function):
+class TopKGatesFn(Function):
     """gates[n, j] = p[n, idx[n, j]]  (/ sum_l p[n, idx[n, l]] when renormalised).
 
     With s_n = sum_l p[n, idx[n, l]] and g = p_sel / s, the backward through the renormalisation is
@@ -53,10 +53,10 @@ def top_k_gates(probs, idx, renormalize=True):
     idx = np.asarray(idx)
     if idx.ndim != 2 or idx.shape[0] != probs.shape[0]:
         raise ValueError(f"top_k_gates: idx must be (N, k) with N = {probs.shape[0]}, got shape {idx.shape}")
-    return TopKGates.apply(probs, idx, bool(renormalize))
+    return TopKGatesFn.apply(probs, idx, bool(renormalize))
 
 
-class GatherRows(Function):
+class GatherRowsFn(Function):
     """y = x[rows];  dx = dy written back to those rows (zero elsewhere). rows must be distinct,
     as they are for one expert's tokens, so the backward is a plain assignment, not np.add.at."""
 
@@ -77,10 +77,10 @@ def gather_rows(x, rows):
     """x: (N, C), rows: (n,) distinct ints in [0, N) -> (n, C). The dispatch of tokens to one expert."""
     x = as_input(x)
     check_ndim("gather_rows", "x", x, ndim=2)
-    return GatherRows.apply(x, np.asarray(rows))
+    return GatherRowsFn.apply(x, np.asarray(rows))
 
 
-class Combine(Function):
+class CombineFn(Function):
     """out[n] = sum over the experts e that kept token n of gates[n, j_e] * y_e[row of n in e].
 
     ys are the experts' outputs on their gathered tokens; plan[e] = (tokens_e, ranks_e) says which
@@ -128,10 +128,10 @@ def combine(gates, plan, n_tokens, ys):
     for (tokens, _), y in zip(plan, ys):
         if y.shape[0] != len(tokens):
             raise ValueError(f"combine: an expert output has {y.shape[0]} rows for {len(tokens)} tokens")
-    return Combine.apply(gates, plan, int(n_tokens), *ys)
+    return CombineFn.apply(gates, plan, int(n_tokens), *ys)
 
 
-class LoadBalancingLoss(Function):
+class LoadBalancingLossFn(Function):
     """The Switch Transformer balancing loss  L = E * sum_i f_i * P_i,  P_i = mean_n p[n, i].
 
     f (the fraction of tokens routed to each expert) is a count, so a constant: the gradient flows
@@ -159,10 +159,10 @@ def load_balancing_loss(probs, fraction):
     fraction = np.asarray(fraction, dtype=probs.dtype)
     if fraction.shape != probs.shape[1:]:
         raise ValueError(f"load_balancing_loss: fraction must be ({probs.shape[1]},), got {fraction.shape}")
-    return LoadBalancingLoss.apply(probs, fraction)
+    return LoadBalancingLossFn.apply(probs, fraction)
 
 
-class RouterZLoss(Function):
+class RouterZLossFn(Function):
     """The ST-MoE router z-loss  L = mean_n logsumexp(z[n])^2, which keeps router logits small.
 
     dL/dz[n, i] = 2 * lse_n * softmax(z[n])_i / N.
@@ -188,4 +188,4 @@ def router_z_loss(logits):
     logits = as_input(logits)
     check_float("router_z_loss", logits=logits)
     check_ndim("router_z_loss", "logits", logits, ndim=2)
-    return RouterZLoss.apply(logits)
+    return RouterZLossFn.apply(logits)

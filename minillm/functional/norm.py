@@ -1,10 +1,10 @@
 """rms_norm and layer_norm as autograd nodes."""
 from .. import kernels
-from ..tensor import Function
+from ..autograd import Function
 from ._checks import as_input, check_float, check_ndim
 
 
-class RMSNorm(Function):
+class RMSNormFn(Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
         y, inv_rms = kernels.rms_norm_forward(x, weight, eps)
@@ -16,7 +16,7 @@ class RMSNorm(Function):
         return kernels.rms_norm_backward(dy, *ctx.saved)
 
 
-class LayerNorm(Function):
+class LayerNormFn(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         y, x_hat, inv_std = kernels.layer_norm_forward(x, weight, bias, eps)
@@ -43,11 +43,11 @@ def rms_norm(x, weight, eps=1e-5):
     """y = x / sqrt(mean(x^2, axis=-1) + eps) * weight.   x: (..., C), weight: (C,)."""
     x, weight = as_input(x), as_input(weight)
     _check_norm("rms_norm", x, eps, weight=weight)
-    return RMSNorm.apply(x, weight, eps)
+    return RMSNormFn.apply(x, weight, eps)
 
 
 def layer_norm(x, weight, bias, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis.   x: (..., C); weight, bias: (C,)."""
     x, weight, bias = as_input(x), as_input(weight), as_input(bias)
     _check_norm("layer_norm", x, eps, weight=weight, bias=bias)
-    return LayerNorm.apply(x, weight, bias, eps)
+    return LayerNormFn.apply(x, weight, bias, eps)

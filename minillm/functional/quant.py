@@ -1,10 +1,10 @@
 """linear on quantized weights as an autograd node (weights frozen; the gradient flows to x)."""
 from .. import kernels
-from ..tensor import Function
+from ..autograd import Function
 from ._checks import as_input, check_float
 
 
-class QuantizedLinear(Function):
+class QuantizedLinearFn(Function):
     @staticmethod
     def forward(ctx, x, scheme, q, scale, min, bias):
         ctx.save(x.shape, scheme, q, scale, min, bias is not None)
@@ -37,5 +37,5 @@ def quantized_linear(x, scheme, q, scale, min=None, bias=None):
         raise ValueError(f"quantized_linear: x has shape {x.shape} but the weight has {expected} input features")
     if bias is not None and bias.shape != (q.shape[0],):
         raise ValueError(f"quantized_linear: bias has shape {bias.shape}, expected ({q.shape[0]},)")
-    return QuantizedLinear.apply(x, scheme, q, scale, min, None if bias is None else bias)
+    return QuantizedLinearFn.apply(x, scheme, q, scale, min, None if bias is None else bias)
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import kernels
-from ..tensor import Function, Tensor
+from ..autograd import Function, Tensor
 from ._checks import as_input, check_float, check_ndim, normalize_axis
 
 
@@ -14,7 +14,7 @@ def _from_last(a, axis):
     return a if axis == a.ndim - 1 else np.moveaxis(a, -1, axis)
 
 
-class Softmax(Function):
+class SoftmaxFn(Function):
     @staticmethod
     def forward(ctx, x, axis):
         y = _from_last(kernels.softmax_forward(_to_last(x, axis)), axis)
@@ -27,7 +27,7 @@ class Softmax(Function):
         return _from_last(kernels.softmax_backward(_to_last(dy, axis), _to_last(y, axis)), axis)
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFn(Function):
     @staticmethod
     def forward(ctx, x, axis):
         y = _from_last(kernels.log_softmax_forward(_to_last(x, axis)), axis)
@@ -45,7 +45,7 @@ def softmax(x, axis=-1):
     x = as_input(x)
     check_float("softmax", x=x)
     check_ndim("softmax", "x", x, min_ndim=1)
-    return Softmax.apply(x, normalize_axis("softmax", axis, x.ndim))
+    return SoftmaxFn.apply(x, normalize_axis("softmax", axis, x.ndim))
 
 
 def log_softmax(x, axis=-1):
@@ -53,10 +53,10 @@ def log_softmax(x, axis=-1):
     x = as_input(x)
     check_float("log_softmax", x=x)
     check_ndim("log_softmax", "x", x, min_ndim=1)
-    return LogSoftmax.apply(x, normalize_axis("log_softmax", axis, x.ndim))
+    return LogSoftmaxFn.apply(x, normalize_axis("log_softmax", axis, x.ndim))
 
 
-class CrossEntropy(Function):
+class CrossEntropyFn(Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, reduction):
         # state: whatever the kernel's backward needs (the reference keeps the probabilities,
@@ -96,4 +96,4 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     if bad.any():
         raise ValueError(f"cross_entropy: targets contain {targets[bad][0]}, outside [0, {V}) "
                          f"and not ignore_index ({ignore_index})")
-    return CrossEntropy.apply(logits, targets, ignore_index, reduction)
+    return CrossEntropyFn.apply(logits, targets, ignore_index, reduction)

@@ -5,7 +5,7 @@ they were set, so there is no registration step: `self.weight = Parameter(...)` 
 """
 import numpy as np
 
-from ..tensor import Tensor
+from ..autograd import Tensor
 
 _default_rng = np.random.default_rng(0)
 

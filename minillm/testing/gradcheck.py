@@ -9,7 +9,7 @@ A random R (rather than all ones) catches a backward that mixes up output elemen
 """
 import numpy as np
 
-from ..tensor import Tensor, no_grad
+from ..autograd import Tensor, no_grad
 
 
 class GradcheckError(AssertionError):

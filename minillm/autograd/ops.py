@@ -1,15 +1,16 @@
-"""Elementwise, reduction and shape ops of the autograd engine, each with its backward.
+"""Elementwise, reduction and shape ops of the autograd engine, each a Function with its backward.
 
 Binary ops broadcast like NumPy; their backward sums the gradient back to each input's
 shape (`unbroadcast`). These are the small glue ops between the layer-sized ones in
-`minillm.functional`.
+`minillm.functional`; Tensor's operators (operators.py) call them. Function classes are named
+<Op>Fn, which keeps them apart from the nn modules and the functions of the same name.
 """
 import numpy as np
 
-from .tensor import Function, Tensor, unbroadcast
+from .engine import Function, Tensor, unbroadcast
 
 
-class Add(Function):
+class AddFn(Function):
     """y = a + b;  da = dy, db = dy (summed over broadcast axes)."""
 
     @staticmethod
@@ -23,7 +24,7 @@ class Add(Function):
         return unbroadcast(dy, a_shape), unbroadcast(dy, b_shape)
 
 
-class Sub(Function):
+class SubFn(Function):
     """y = a - b;  da = dy, db = -dy."""
 
     @staticmethod
@@ -37,7 +38,7 @@ class Sub(Function):
         return unbroadcast(dy, a_shape), unbroadcast(-dy, b_shape)
 
 
-class Mul(Function):
+class MulFn(Function):
     """y = a * b;  da = dy * b, db = dy * a."""
 
     @staticmethod
@@ -53,7 +54,7 @@ class Mul(Function):
         return da, db
 
 
-class Div(Function):
+class DivFn(Function):
     """y = a / b;  da = dy / b, db = -dy * a / b^2."""
 
     @staticmethod
@@ -69,7 +70,7 @@ class Div(Function):
         return da, db
 
 
-class Neg(Function):
+class NegFn(Function):
     @staticmethod
     def forward(ctx, a):
         return np.negative(a)
@@ -79,7 +80,7 @@ class Neg(Function):
         return -dy
 
 
-class Pow(Function):
+class PowFn(Function):
     """y = a ** p for a constant p;  da = dy * p * a^(p-1)."""
 
     @staticmethod
@@ -93,7 +94,7 @@ class Pow(Function):
         return dy * p * np.power(a, p - 1)
 
 
-class PowTensor(Function):
+class PowTensorFn(Function):
     """y = a ** b;  da = dy * b * a^(b-1), db = dy * y * log(a) (a > 0 where b needs a grad)."""
 
     @staticmethod
@@ -110,7 +111,7 @@ class PowTensor(Function):
         return da, db
 
 
-class Exp(Function):
+class ExpFn(Function):
     """y = exp(a);  da = dy * y."""
 
     @staticmethod
@@ -125,7 +126,7 @@ class Exp(Function):
         return dy * y
 
 
-class Log(Function):
+class LogFn(Function):
     """y = log(a);  da = dy / a."""
 
     @staticmethod
@@ -139,7 +140,7 @@ class Log(Function):
         return dy / a
 
 
-class Tanh(Function):
+class TanhFn(Function):
     """y = tanh(a);  da = dy * (1 - y^2)."""
 
     @staticmethod
@@ -154,7 +155,7 @@ class Tanh(Function):
         return dy * (1 - y * y)
 
 
-class Cast(Function):
+class CastFn(Function):
     @staticmethod
     def forward(ctx, a, dtype):
         ctx.save(a.dtype)
@@ -166,7 +167,7 @@ class Cast(Function):
         return dy.astype(dtype)
 
 
-class MatMul(Function):
+class MatMulFn(Function):
     """y = a @ b with NumPy's rules (1-D operands, broadcast batch axes).
 
     da = dy @ b^T, db = a^T @ dy, each summed over the batch axes it was broadcast along.
@@ -207,7 +208,7 @@ def _expand_reduced(dy, shape, axis, keepdims):
     return dy
 
 
-class Sum(Function):
+class SumFn(Function):
     """y = sum(a, axis);  da = dy broadcast back over the summed axes."""
 
     @staticmethod
@@ -221,7 +222,7 @@ class Sum(Function):
         return np.broadcast_to(_expand_reduced(dy, shape, axis, keepdims), shape).copy()
 
 
-class Mean(Function):
+class MeanFn(Function):
     """y = mean(a, axis);  da = dy / n broadcast back, n = number of elements averaged."""
 
     @staticmethod
@@ -236,7 +237,7 @@ class Mean(Function):
         return np.broadcast_to(_expand_reduced(dy, shape, axis, keepdims) / n, shape).copy()
 
 
-class Max(Function):
+class MaxFn(Function):
     """y = max(a, axis);  the gradient goes to the maximal elements, split evenly among ties."""
 
     @staticmethod
@@ -253,7 +254,7 @@ class Max(Function):
         return is_max * (_expand_reduced(dy, a.shape, axis, keepdims) / count)
 
 
-class Reshape(Function):
+class ReshapeFn(Function):
     @staticmethod
     def forward(ctx, a, shape):
         ctx.save(a.shape)
@@ -265,7 +266,7 @@ class Reshape(Function):
         return np.reshape(dy, shape)
 
 
-class Transpose(Function):
+class TransposeFn(Function):
     """y = np.transpose(a, axes);  da = transpose of dy by the inverse permutation."""
 
     @staticmethod
@@ -279,7 +280,7 @@ class Transpose(Function):
         return np.transpose(dy, None if axes is None else np.argsort(axes))
 
 
-class GetItem(Function):
+class GetItemFn(Function):
     """y = a[index] (slices, ints, integer or boolean arrays);  da = dy scattered back, summed on repeats."""
 
     @staticmethod
@@ -295,7 +296,7 @@ class GetItem(Function):
         return da
 
 
-class Concat(Function):
+class ConcatFn(Function):
     """y = concatenate(xs, axis);  dx_i = the slice of dy that x_i filled."""
 
     @staticmethod
@@ -309,7 +310,7 @@ class Concat(Function):
         return tuple(np.split(dy, splits, axis=axis))
 
 
-class Stack(Function):
+class StackFn(Function):
     """y = stack(xs, axis);  dx_i = dy indexed at i along the new axis."""
 
     @staticmethod
@@ -339,7 +340,7 @@ def concat(tensors, axis=0):
     ax = axis % ndim
     if any(s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:] for s in shapes):
         raise ValueError(f"concat: shapes {shapes} differ outside axis {axis}")
-    return Concat.apply(*tensors, axis=ax)
+    return ConcatFn.apply(*tensors, axis=ax)
 
 
 def stack(tensors, axis=0):
@@ -348,4 +349,4 @@ def stack(tensors, axis=0):
     shapes = [t.shape for t in tensors]
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"stack: all tensors need the same shape, got {shapes}")
-    return Stack.apply(*tensors, axis=axis)
+    return StackFn.apply(*tensors, axis=axis)
