@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import machine_info, print_table, write_json  # noqa: E402
 
 import minillm  # noqa: E402
+from minillm.autograd import no_grad  # noqa: E402
 from minillm.models import DecoderLM, ModelConfig, load_preset  # noqa: E402
-from minillm.tensor import no_grad  # noqa: E402
 
 
 def run_ours(model, prompt, new_tokens):

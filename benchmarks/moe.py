@@ -30,8 +30,8 @@ from harness import compare, machine_info, print_table, write_json  # noqa: E402
 
 import minillm  # noqa: E402
 from minillm import nn  # noqa: E402
+from minillm.autograd import Tensor  # noqa: E402
 from minillm.nn.moe import capacity_of, route, top_k_experts  # noqa: E402
-from minillm.tensor import Tensor  # noqa: E402
 
 COLUMNS = [("case", "case", "{}"), ("ms", "ms fwd+bwd", "{:.2f}"), ("vs_dense", "/ dense", "{:.2f}x")]
 DROP_COLUMNS = [("router", "router", "{}"), ("cf", "capacity factor", "{}"), ("capacity", "capacity/expert", "{}"),

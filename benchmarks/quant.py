@@ -31,10 +31,10 @@ from harness import compare, machine_info, print_table, write_json  # noqa: E402
 import minillm  # noqa: E402
 from minillm import checkpoint as ckpt  # noqa: E402
 from minillm import kernels  # noqa: E402
+from minillm.autograd import no_grad  # noqa: E402
 from minillm.kernels.reference.quant import SCHEMES  # noqa: E402
 from minillm.models import DecoderLM, ModelConfig, load_preset  # noqa: E402
-from minillm.quant import quantize_model  # noqa: E402
-from minillm.tensor import no_grad  # noqa: E402
+from minillm.nn.quantized import quantize_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GEMV_SHAPES = [(768, 768), (768, 2048), (2048, 768), (288, 32000)]   # (K, N): x (1, K), W (N, K)
@@ -115,7 +115,7 @@ def decode_seconds(model, prompt, new_tokens):
 
 
 def checkpoint_size(model):
-    from minillm.data import CharTokenizer
+    from minillm.tokenizers import CharTokenizer
     with tempfile.TemporaryDirectory() as d:
         ckpt.save_checkpoint(d, model, CharTokenizer("ab"), state={})
         return os.path.getsize(os.path.join(d, "model.safetensors"))

@@ -1,5 +1,5 @@
 """Checkpoints: a directory with
-    config.json          the model config and the tokenizer (a subword tokenizer's files in tokenizer/)
+    config.json          the model config and the tokenizer entry (its files are in tokenizer/)
     model.safetensors    the weights
     optimizer.safetensors the optimizer's moments (training checkpoints only)
     state.json           step, training config, RNG states, and the SHA-256 of the files above
@@ -9,10 +9,15 @@ never sees a half-written file, and a checkpoint whose files do not match state.
 is reported as corrupt instead of being loaded.
 """
 import hashlib
-import json
 import os
 
 import numpy as np
+
+from .config import read_config
+from .data import save_tokenizer, tokenizer_from_dict
+from .files import write_atomically, write_json
+from .models import DecoderLM, ModelConfig
+from .nn.quantized import check_quantized_weights, quantize_model
 
 FORMAT = "minillm-checkpoint-1"
 
@@ -21,27 +26,9 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not fit the model."""
 
 
-def _atomic_write(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-    _atomic_write(path, write)
-
-
 def _save_arrays(path, arrays):
     from safetensors.numpy import save_file
-    _atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp))
+    write_atomically(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp))
 
 
 def _sha256(path):
@@ -54,7 +41,6 @@ def _sha256(path):
 
 def save_checkpoint(directory, model, tokenizer, optimizer=None, state=None):
     """Write model (and optimizer) to directory; state: a JSON-able dict (step, configs, rng, ...)."""
-    from .data import save_tokenizer
     os.makedirs(directory, exist_ok=True)
     config = {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": save_tokenizer(tokenizer, directory)}
     if getattr(model, "quantization", None):
@@ -73,13 +59,12 @@ def save_checkpoint(directory, model, tokenizer, optimizer=None, state=None):
 
 
 def _read_json(path, what):
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {os.path.dirname(path)!r} has no {what} ({os.path.basename(path)})")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {os.path.dirname(path)!r} has no {what} ({os.path.basename(path)})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"checkpoint file {path!r} is corrupt: {error}") from None
+        return read_config(path, f"checkpoint {what}")
+    except ValueError as error:
+        raise CheckpointError(f"{error} (the checkpoint is corrupt)") from None
 
 
 def _load_arrays(path):
@@ -117,9 +102,7 @@ def load_checkpoint(directory, optimizer_wanted=False):
 
 def build_model(checkpoint):
     """The DecoderLM and tokenizer a loaded checkpoint describes, with its weights (quantized
-    modules in place if config.json names a quantization scheme; see minillm.quant)."""
-    from .data import tokenizer_from_dict
-    from .models import DecoderLM, ModelConfig
+    modules in place if config.json names a quantization scheme; see minillm/nn/quantized.py)."""
     try:
         config = ModelConfig.from_dict(checkpoint["config"]["model"])
         tokenizer = tokenizer_from_dict(checkpoint["config"]["tokenizer"], checkpoint["directory"])
@@ -128,7 +111,6 @@ def build_model(checkpoint):
     model = DecoderLM(config)
     quantization = checkpoint["config"].get("quantization")
     if quantization:
-        from .quant import quantize_model
         try:
             quantize_model(model, quantization["scheme"], skeleton=True)
         except (KeyError, TypeError, ValueError) as error:
@@ -141,7 +123,6 @@ def build_model(checkpoint):
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"checkpoint weights do not match its config: {error}") from None
     if quantization:
-        from .quant import check_quantized_weights
         try:
             check_quantized_weights(model)
         except ValueError as error:

@@ -24,7 +24,8 @@ FLAVOURS = {
 
 def run_flavour(name, args, seed=0, d_model=16, n_heads=4, batch=2, seq=8):
     rng = np.random.default_rng(seed)
-    block = nn.TransformerBlock(d_model, n_heads, d_ff=2 * d_model, init_std=0.3, rng=rng, **args)
+    config = nn.BlockConfig(d_model=d_model, n_heads=n_heads, d_ff=2 * d_model, init_std=0.3, **args)
+    block = nn.TransformerBlock(config, rng=rng)
     x = rng.standard_normal((batch, seq, d_model)).astype(np.float32)
     pos = nn.Embedding(seq, d_model, init_std=0.3, rng=rng) if args.get("positions") is None else None
 

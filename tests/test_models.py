@@ -126,8 +126,20 @@ def test_configs_without_moe_keys_still_load_and_moe_errors_are_clear():
     assert ModelConfig(n_experts=2, top_k=1, capacity_factor=None).capacity_factor is None
 
 
+def test_block_configs_follow_the_model_config():
+    config = ModelConfig(**dict(TINY, positions="rope", n_kv_head=1, d_ff=24, n_layer=4, n_experts=2, moe_every=2))
+    blocks = [config.block_config(i) for i in range(config.n_layer)]
+    assert [b.n_experts for b in blocks] == [0, 2, 0, 2]
+    assert all((b.d_model, b.n_heads, b.n_kv_heads, b.hidden_dim, b.positions) ==
+               (config.n_embd, config.n_head, 1, 24, "rope") for b in blocks)
+    assert ModelConfig(**dict(TINY, positions="learned")).block_config(0).positions is None   # added by the model
+    model = DecoderLM(config)
+    assert [b.config for b in model.blocks] == blocks
+    assert [type(b.ffn).__name__ for b in model.blocks] == ["MLP", "MoE", "MLP", "MoE"]
+
+
 def test_moe_model_quantizes_its_experts_in_place_and_keeps_the_router():
-    from minillm.quant import quantize_model
+    from minillm.nn import quantize_model
     rng = np.random.default_rng(2)
     config = ModelConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=32, d_ff=32, activation="swiglu",
                          bias=False, n_experts=4, top_k=2)

@@ -13,9 +13,9 @@ from hypothesis import given, strategies as st
 
 import minillm.functional as F
 from minillm import nn
+from minillm.autograd import Tensor
 from minillm.functional.moe import combine, gather_rows, load_balancing_loss, router_z_loss, top_k_gates
 from minillm.nn.moe import capacity_of, route, top_k_experts
-from minillm.tensor import Tensor
 from minillm.testing import gradcheck, gradcheck_module
 
 

@@ -9,24 +9,16 @@ Mixture-of-Experts: n_experts > 0 turns the FFN of every moe_every-th block (blo
     ids (B, T) -> token embedding (+ position embedding) -> n_layer x TransformerBlock
                -> final norm -> logits (B, T, V) = x @ head^T
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..tensor import Tensor
+from ..autograd import Tensor
+from ..config import config_from_dict
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
-
-
-def config_from_dict(cls, values):
-    """cls(**values) for a config dataclass, naming any key it does not have."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass
@@ -102,6 +94,18 @@ class ModelConfig:
     def hidden_size(self):
         return self.d_ff or 4 * self.n_embd
 
+    def block_config(self, i):
+        """The nn.BlockConfig of block i (from 0): the same for every block, except that MoE blocks
+        (is_moe_block) get n_experts and dense ones 0. RoPE and ALiBi act inside the blocks; learned
+        and sinusoidal positions are added to the embeddings by the model, so the blocks get None."""
+        return nn.BlockConfig(
+            d_model=self.n_embd, n_heads=self.n_head, n_kv_heads=self.n_kv_head, d_ff=self.hidden_size,
+            norm=self.norm, activation=self.activation,
+            positions=self.positions if self.positions in ("rope", "alibi") else None, causal=True,
+            window=self.window, bias=self.bias, dropout=self.dropout, eps=self.norm_eps, rope_theta=self.rope_theta,
+            init_std=self.init_std, n_experts=self.n_experts if self.is_moe_block(i) else 0, top_k=self.top_k,
+            capacity_factor=self.capacity_factor, renormalize_gates=self.renormalize_gates)
+
     def to_dict(self):
         return asdict(self)
 
@@ -115,19 +119,15 @@ class DecoderLM(nn.Module):
         self.config = config
         c = config
         rng = rng if rng is not None else nn.default_rng()
-        self.wte = nn.Embedding(c.vocab_size, c.n_embd, c.init_std, rng, dtype)
-        self.wpe = nn.Embedding(c.block_size, c.n_embd, c.init_std, rng, dtype) if c.positions == "learned" else None
+        init = dict(init_std=c.init_std, rng=rng, dtype=dtype)
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd, **init)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd, **init) if c.positions == "learned" else None
         self.sinusoids = F.sinusoidal_positions(c.block_size, c.n_embd, dtype) if c.positions == "sinusoidal" else None
         self.drop = nn.Dropout(c.dropout, rng=rng)
-        block_positions = c.positions if c.positions in ("rope", "alibi") else None
-        self.blocks = nn.ModuleList([
-            nn.TransformerBlock(c.n_embd, c.n_head, c.n_kv_head, c.hidden_size, c.norm, c.activation,
-                                block_positions, True, c.window, c.bias, c.dropout, c.norm_eps, c.rope_theta,
-                                c.init_std, rng, dtype, c.n_experts if c.is_moe_block(i) else 0, c.top_k,
-                                c.capacity_factor, c.renormalize_gates)
-            for i in range(c.n_layer)])
-        self.norm_f = nn.block.NORMS[c.norm](c.n_embd, c.norm_eps, dtype=dtype)
-        self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.vocab_size, False, c.init_std, rng, dtype)
+        self.blocks = nn.ModuleList([nn.TransformerBlock(c.block_config(i), rng=rng, dtype=dtype)
+                                     for i in range(c.n_layer)])
+        self.norm_f = nn.NORMS[c.norm](c.n_embd, c.norm_eps, dtype=dtype)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.vocab_size, bias=False, **init)
         # GPT-2's scaled init: the projections into the residual stream get std / sqrt(2 n_layer)
         residual = ("attn.wo.weight", "ffn.proj.weight", "ffn.w_down")
         for name, p in self.named_parameters():

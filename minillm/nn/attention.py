@@ -2,40 +2,34 @@
 import numpy as np
 
 from .. import functional as F
-from ..tensor import Tensor
+from ..autograd import Tensor
+from .config import BlockConfig
 from .layers import Linear
 from .module import Module
-
-POSITIONS = (None, "rope", "alibi")
 
 
 class Attention(Module):
     """softmax(q k^T / sqrt(D) + mask) v over n_heads query heads sharing n_kv_heads key/value heads.
 
-    n_kv_heads = n_heads is MHA, 1 is MQA, anything between that divides n_heads is GQA.
-    positions: "rope" rotates q and k, "alibi" biases the scores, None leaves positions to the
-    model (learned or sinusoidal embeddings added to the input).
+    Built from a BlockConfig: d_model, n_heads, n_kv_heads (= n_heads is MHA, 1 is MQA, anything
+    between that divides n_heads is GQA), positions ("rope" rotates q and k, "alibi" biases the
+    scores, None leaves positions to the model), causal, window, rope_theta, bias, init_std.
     """
 
-    def __init__(self, d_model, n_heads, n_kv_heads=None, positions="rope", causal=True, window=None,
-                 rope_theta=10000.0, bias=False, init_std=0.02, rng=None, dtype=np.float32):
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if d_model % n_heads:
-            raise ValueError(f"Attention: d_model {d_model} must be a multiple of n_heads {n_heads}")
-        if n_heads % n_kv_heads:
-            raise ValueError(f"Attention: n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
-        if positions not in POSITIONS:
-            raise ValueError(f"Attention: positions must be one of {POSITIONS}, got {positions!r}")
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        if positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"Attention: RoPE needs an even head dim, got {self.head_dim}")
-        self.positions, self.causal, self.window, self.rope_theta = positions, causal, window, rope_theta
-        self.alibi_slopes = F.alibi_slopes(n_heads) if positions == "alibi" else None
-        kv_dim = n_kv_heads * self.head_dim
-        self.wq = Linear(d_model, d_model, bias, init_std, rng, dtype)
-        self.wk = Linear(d_model, kv_dim, bias, init_std, rng, dtype)
-        self.wv = Linear(d_model, kv_dim, bias, init_std, rng, dtype)
-        self.wo = Linear(d_model, d_model, bias, init_std, rng, dtype)
+    def __init__(self, config, *, rng=None, dtype=np.float32):
+        if not isinstance(config, BlockConfig):
+            raise TypeError(f"Attention: config must be an nn.BlockConfig (e.g. nn.BlockConfig(d_model=64, "
+                            f"n_heads=4)), got {type(config).__name__}")
+        c = config
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
+        self.positions, self.causal, self.window, self.rope_theta = c.positions, c.causal, c.window, c.rope_theta
+        self.alibi_slopes = F.alibi_slopes(c.n_heads) if c.positions == "alibi" else None
+        kv_dim = c.kv_heads * c.head_dim
+        init = dict(bias=c.bias, init_std=c.init_std, rng=rng, dtype=dtype)
+        self.wq = Linear(c.d_model, c.d_model, **init)
+        self.wk = Linear(c.d_model, kv_dim, **init)
+        self.wv = Linear(c.d_model, kv_dim, **init)
+        self.wo = Linear(c.d_model, c.d_model, **init)
 
     def forward(self, x, positions=None, key_padding_mask=None, cache=None):
         """x: (B, T, C) -> (B, T, C). positions: (T,) or (B, T) ints for RoPE (default 0..T-1).

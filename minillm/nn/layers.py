@@ -107,3 +107,6 @@ class MLP(Module):
 
     def forward(self, x):
         return self.proj(F.gelu(self.fc(x)))
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}   # a config's norm name -> its layer

@@ -97,9 +97,10 @@ class MoE(Module):
         self.capacity_factor, self.renormalize_gates = capacity_factor, renormalize_gates
         self.router = Linear(dim, n_experts, bias=False, init_std=init_std, rng=rng, dtype=dtype)
         if activation == "swiglu":
-            experts = [SwiGLU(dim, hidden_dim, init_std, rng, dtype) for _ in range(n_experts)]
+            experts = [SwiGLU(dim, hidden_dim, init_std=init_std, rng=rng, dtype=dtype) for _ in range(n_experts)]
         elif activation == "gelu":
-            experts = [MLP(dim, hidden_dim, bias, init_std, rng, dtype) for _ in range(n_experts)]
+            experts = [MLP(dim, hidden_dim, bias=bias, init_std=init_std, rng=rng, dtype=dtype)
+                       for _ in range(n_experts)]
         else:
             raise ValueError(f"MoE: activation must be 'swiglu' or 'gelu', got {activation!r}")
         self.experts = ModuleList(experts)
