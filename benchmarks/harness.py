@@ -70,10 +70,8 @@ def print_table(rows, columns):
 
 
 def write_json(path, payload):
-    """Write atomically: a temp file beside the target, then rename."""
+    """Write the record atomically (minillm.files: a temp file beside the target, fsync, rename)."""
+    from minillm.files import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")

@@ -36,14 +36,11 @@ def cmd_info(args):
 
 def _configs(args):
     """The model and training configs: a preset or a config file, then the command-line overrides."""
-    from .models import ModelConfig, load_preset
+    from .config import read_config
+    from .models import load_preset
     from .train import TrainConfig
     if args.config:
-        try:
-            with open(args.config) as f:
-                spec = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            raise UsageError(f"cannot read config {args.config!r}: {error}") from None
+        spec = read_config(args.config)
     else:
         spec = load_preset(args.preset)
     model, train = dict(spec.get("model", {})), dict(spec.get("train", {}))
@@ -64,10 +61,10 @@ def _configs(args):
 
 
 def cmd_train(args):
-    from . import checkpoint as ckpt
     from .data import build_tokenizer, read_text
     from .models import ModelConfig
-    from .train import Trainer, TrainingDiverged, plot_expert_load, plot_losses
+    from .plots import plot_expert_load, plot_losses
+    from .train import Trainer, TrainingDiverged
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
@@ -178,7 +175,7 @@ def cmd_eval(args):
 
 
 def cmd_quantize(args):
-    from .quant import quantize_checkpoint
+    from .quantize import quantize_checkpoint
     model, (before, after) = quantize_checkpoint(args.ckpt, args.out, args.scheme, overwrite=args.overwrite,
                                                  progress=not args.no_progress)
     print(f"quantized {args.ckpt} to {args.scheme}: model.safetensors {before / 2**20:.2f} MiB -> "

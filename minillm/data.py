@@ -2,17 +2,20 @@
 
 - The built-in corpus, tiny Shakespeare (public domain, ~1 MB), ships gzipped inside the package,
   so the main job needs no download; `--data FILE` takes any UTF-8 text instead.
-- A character tokenizer (the vocabulary is the set of characters in the text), or any of
-  minillm.tokenizers (byte-level BPE, Unigram, WordPiece) trained on the text or loaded.
+- Any tokenizer of minillm.tokenizers (characters, byte-level BPE, Unigram, WordPiece), trained on
+  the text or loaded; they share one interface, so nothing here depends on which one it is.
 - Token ids are cached in a file next to the data and read back as a numpy.memmap, so a large
   corpus is tokenized once and never held in memory; the first 90% is train, the rest val.
 """
 import gzip
 import hashlib
-import json
 import os
 
 import numpy as np
+
+from . import tokenizers
+from .files import write_atomically
+from .tokenizers import CharTokenizer   # also importable from here, its old home
 
 BUILTIN_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tinyshakespeare.txt.gz")
 
@@ -36,109 +39,46 @@ def read_text(path=None):
     return text
 
 
-class CharTokenizer:
-    """One token per character; the vocabulary is the sorted set of characters seen in training."""
-
-    kind = "char"
-
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)   # sorted
-        if np.any(np.diff(self.codepoints.astype(np.int64)) <= 0):
-            raise ValueError("CharTokenizer: chars must be sorted and distinct")
-
-    @classmethod
-    def train(cls, text):
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self):
-        return len(self.chars)
-
-    def encode(self, text):
-        """str -> int array of ids; a character outside the vocabulary is an error."""
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.searchsorted(self.codepoints, points)
-        bad = (ids >= len(self.chars)) | (self.codepoints[np.minimum(ids, len(self.chars) - 1)] != points)
-        if bad.any():
-            raise ValueError(f"character {chr(points[bad][0])!r} is not in the tokenizer's vocabulary")
-        return ids.astype(np.int64)
-
-    def decode(self, ids):
-        ids = np.asarray(ids)
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self.chars)):
-            raise ValueError(f"token id {int(ids[(ids < 0) | (ids >= len(self.chars))][0])} is outside the "
-                             f"vocabulary [0, {len(self.chars)})")
-        return "".join(self.chars[i] for i in ids.tolist())
-
-    def to_dict(self):
-        return {"kind": "char", "chars": "".join(self.chars)}
-
-    def fingerprint(self):
-        return hashlib.sha1(json.dumps(self.to_dict()).encode()).hexdigest()[:12]
-
-
-TRAINABLE = ("char", "bpe", "unigram", "wordpiece")
-
-
 def build_tokenizer(spec, text, vocab_size=None):
-    """A tokenizer for training: "char" (the text's characters), "bpe" / "unigram" / "wordpiece"
-    (trained on text to vocab_size tokens), or the path of a saved tokenizer, a .tiktoken rank
-    file or a BERT vocab.txt (see minillm.tokenizers.load)."""
-    if spec == "char":
-        return CharTokenizer.train(text)
-    from . import tokenizers
+    """A tokenizer for training: a kind of tokenizers.KINDS ("char": the text's characters; "bpe",
+    "unigram", "wordpiece": trained on text to vocab_size tokens), or the path of a saved tokenizer,
+    a .tiktoken rank file or a BERT vocab.txt (see minillm.tokenizers.load)."""
     if spec in tokenizers.KINDS:
-        if not vocab_size:
-            raise ValueError(f"a {spec} tokenizer needs a vocab size")
         return tokenizers.KINDS[spec].train(text, vocab_size)
     if os.path.exists(spec):
         return tokenizers.load(spec)
-    raise ValueError(f"tokenizer must be one of {TRAINABLE} or the path of a saved tokenizer, got {spec!r}")
+    raise ValueError(f"tokenizer must be one of {tuple(tokenizers.KINDS)} or the path of a saved tokenizer, "
+                     f"got {spec!r}")
 
 
 def encode(tokenizer, text):
     """Token ids of text as int64; a subword tokenizer treats special-token text as ordinary text."""
-    if isinstance(tokenizer, CharTokenizer):
-        return tokenizer.encode(text)
     return np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
 
 
 def decode(tokenizer, ids):
-    if isinstance(tokenizer, CharTokenizer):
-        return tokenizer.decode(ids)
+    """The text of ids; bytes that are not UTF-8 (a multi-byte character cut by a subword split)
+    become U+FFFD."""
     return tokenizer.decode([int(i) for i in ids], errors="replace")
 
 
-def tokenizer_fingerprint(tokenizer):
-    """A short hash that changes whenever the tokenizer would encode differently."""
-    if isinstance(tokenizer, CharTokenizer):
-        return tokenizer.fingerprint()
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(tmp)
-        h = hashlib.sha1()
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()[:12]
+TOKENIZER_DIR = "tokenizer"     # a checkpoint's tokenizer files: <checkpoint>/tokenizer/
 
 
 def save_tokenizer(tokenizer, directory):
-    """The tokenizer's entry for config.json; a subword tokenizer's files go to directory/tokenizer/."""
-    if isinstance(tokenizer, CharTokenizer):
-        return tokenizer.to_dict()
-    tokenizer.save(os.path.join(directory, "tokenizer"))
-    return {"kind": tokenizer.kind, "path": "tokenizer"}
+    """Save the tokenizer into directory/tokenizer/; returns its entry for config.json."""
+    tokenizer.save(os.path.join(directory, TOKENIZER_DIR))
+    return {"kind": tokenizer.kind, "path": TOKENIZER_DIR}
 
 
 def tokenizer_from_dict(d, directory=None):
-    if d.get("kind") == "char":
-        return CharTokenizer(d["chars"])
+    """The tokenizer a config.json entry names: {"kind", "path"} (files under directory), or the
+    {"kind": "char", "chars": ...} that checkpoints written before char tokenizers had files hold."""
     if "path" in d and directory is not None:
-        from . import tokenizers
         return tokenizers.load(os.path.join(directory, d["path"]))
-    raise ValueError(f"unknown tokenizer kind {d.get('kind')!r}")
+    if d.get("kind") == "char" and "chars" in d:
+        return CharTokenizer(d["chars"])
+    raise ValueError(f"unknown tokenizer entry {d!r}; expected {{'kind': ..., 'path': ...}}")
 
 
 def cached_token_ids(text, tokenizer, source_path, cache_dir):
@@ -152,15 +92,13 @@ def cached_token_ids(text, tokenizer, source_path, cache_dir):
     else:
         st = os.stat(source_path)
         key, stem = f"{os.path.abspath(source_path)}:{st.st_size}:{st.st_mtime_ns}", os.path.basename(source_path)
-    digest = hashlib.sha1(f"{key}:{tokenizer_fingerprint(tokenizer)}".encode()).hexdigest()[:12]
+    digest = hashlib.sha1(f"{key}:{tokenizer.fingerprint()}".encode()).hexdigest()[:12]
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
     path = os.path.join(cache_dir, f"{stem}.{digest}.{np.dtype(dtype).name}.tokens")
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
         ids = encode(tokenizer, text).astype(dtype)
-        tmp = f"{path}.tmp{os.getpid()}"
-        ids.tofile(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, ids.tofile)
     return np.memmap(path, dtype=dtype, mode="r")
 
 

@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import checkpoint as ckpt
+from .autograd import no_grad
+from .config import config_from_dict
 from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text, tokenizer_from_dict
 from .generate import generate
 from .models import DecoderLM, ModelConfig
-from .models.decoder import config_from_dict
 from .optim import SGD, AdamW, clip_grad_norm, cosine_lr, param_groups
-from .tensor import no_grad
+from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
 
 
 @dataclass
@@ -265,72 +266,3 @@ def evaluate_split(model, ids, batch_size=32, progress=False):
     if bar is not None:
         bar.close()
     return total / n
-
-
-def plot_losses(out_dir, path=None):
-    """Draw train (per step) and eval losses from train_log.jsonl into a PNG (needs matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
-    steps, loss, eval_steps, train_eval, val_eval = [], [], [], [], []
-    with open(os.path.join(out_dir, "train_log.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("eval"):
-                eval_steps.append(r["step"]), train_eval.append(r["train"]), val_eval.append(r["val"])
-            else:
-                steps.append(r["step"]), loss.append(r["loss"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, lw=0.8, alpha=0.6, label="train (batch)")
-    ax.plot(eval_steps, train_eval, "o-", label="train (eval)")
-    ax.plot(eval_steps, val_eval, "o-", label="val (eval)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    path = path or os.path.join(out_dir, "loss.png")
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_expert_load(out_dir, path=None):
-    """Bar charts of the fraction of tokens (top-k assignments) per expert, one panel per MoE block,
-    from the last record of train_log.jsonl that has an expert load (an eval record: the val
-    batches; else a training step). Needs matplotlib; returns the PNG's path."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
-    record = None
-    with open(os.path.join(out_dir, "train_log.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if "expert_load" in r and (r.get("eval") or record is None or not record.get("eval")):
-                record = r
-    if record is None:
-        raise ValueError(f"{out_dir}: train_log.jsonl has no expert load (is the model an MoE model?)")
-    loads = np.asarray(record["expert_load"])                       # (MoE blocks, E)
-    fig, axes = plt.subplots(1, len(loads), figsize=(2.6 * len(loads) + 1, 3), squeeze=False, sharey=True)
-    for i, (ax, load) in enumerate(zip(axes[0], loads)):
-        ax.bar(np.arange(len(load)), load)
-        ax.axhline(1 / len(load), color="k", ls="--", lw=0.8)       # perfect balance
-        ax.set_title(f"MoE layer {i}")
-        ax.set_xlabel("expert")
-        ax.set_xticks(np.arange(len(load)))
-    axes[0][0].set_ylabel("fraction of assignments")
-    where = "val batches" if record.get("eval") else "last training step"
-    fig.suptitle(f"expert load at step {record['step']} ({where})", fontsize=10, y=1.04)
-    path = path or os.path.join(out_dir, "expert_load.png")
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

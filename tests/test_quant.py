@@ -10,15 +10,14 @@ import pytest
 
 from minillm import checkpoint as ckpt
 from minillm import functional as F
+from minillm.autograd import Tensor, no_grad
 from minillm.cli import main
-from minillm.data import CharTokenizer
 from minillm.generate import generate
 from minillm.kernels import reference
 from minillm.models import DecoderLM, ModelConfig
-from minillm.quant import (
-    QuantizedEmbedding, QuantizedLinear, QuantizedSwiGLU, load_quantized, model_nbytes, quantize_model,
-)
-from minillm.tensor import Tensor, no_grad
+from minillm.nn.quantized import QuantizedEmbedding, QuantizedLinear, QuantizedSwiGLU, model_nbytes, quantize_model
+from minillm.quantize import load_quantized
+from minillm.tokenizers import CharTokenizer
 
 SCHEMES = ["int8", "q8_0", "q4_0", "q4_1"]
 FLAVOURS = {
@@ -195,3 +194,14 @@ def test_cli_quantize_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys)
         assert code == 2 and message in stderr and stderr.count("\n") == 1, (args, stderr)
     assert open(tmp_path / "q" / "model.safetensors", "rb").read() == before
     assert not os.path.exists(tmp_path / "qq")
+
+
+def test_the_old_import_path_minillm_quant_still_works():
+    import minillm.nn.quantized
+    import minillm.quant
+    import minillm.quantize
+    for name in ("QuantizedLinear", "QuantizedSwiGLU", "QuantizedEmbedding", "QuantizedWeights", "quantize_model",
+                 "model_nbytes", "check_quantizable", "check_quantized_weights"):
+        assert getattr(minillm.quant, name) is getattr(minillm.nn.quantized, name)
+    assert minillm.quant.load_quantized is minillm.quantize.load_quantized
+    assert minillm.quant.quantize_checkpoint is minillm.quantize.quantize_checkpoint

@@ -12,7 +12,8 @@ from minillm.tokenizers.bpe import PATTERNS, count_words, native, read_tiktoken,
 
 HERE = os.path.dirname(__file__)
 CORPUS = open(os.path.join(HERE, "data", "tinyshakespeare_head.txt"), encoding="utf-8").read()
-GPT2_FILE = os.path.join(HERE, "..", "..", "shared", "data", "gpt2.tiktoken")
+# GPT-2's full rank file is not in the repository: set MINILLM_DATA_DIR to a folder holding gpt2.tiktoken
+GPT2_FILE = os.path.join(os.environ.get("MINILLM_DATA_DIR", ""), "gpt2.tiktoken")
 GPT2_SUBSET = os.path.join(HERE, "data", "gpt2_subset.tiktoken")   # GPT-2's tokens inside GPT2_IDS' pieces
 EOT = {"<|endoftext|>": 50256}
 needs_native = pytest.mark.skipif(native() is None, reason="minillm._C is not built or MINILLM_BACKEND=numpy")
@@ -167,7 +168,7 @@ def test_gpt2_ids_from_the_committed_subset_of_its_ranks(gpt2_subset, text, ids)
 @pytest.fixture(scope="module")
 def gpt2():
     if not os.path.exists(GPT2_FILE):
-        pytest.skip(f"GPT-2's rank file is not at {GPT2_FILE}")
+        pytest.skip(f"GPT-2's rank file is not at {GPT2_FILE} (set MINILLM_DATA_DIR)")
     return BPETokenizer.from_tiktoken(GPT2_FILE, EOT)
 
 

@@ -1,15 +1,17 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from minillm import checkpoint as ckpt
+from minillm.autograd import Tensor
 from minillm.cli import main
-from minillm.data import CharTokenizer, TokenData, cached_token_ids, read_text
+from minillm.data import TokenData, cached_token_ids, read_text
 from minillm.models import ModelConfig
 from minillm.optim import AdamW, clip_grad_norm, cosine_lr
-from minillm.tensor import Tensor
+from minillm.tokenizers import CharTokenizer, load
 from minillm.train import TrainConfig, Trainer
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -50,10 +52,30 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, data_file):
     trainer = make_trainer(tmp_path / "c", data_file, max_iters=2)
     trainer.run()
     model, tokenizer = ckpt.build_model(ckpt.load_checkpoint(str(tmp_path / "c")))
-    ids = tokenizer.encode("To be, or not").reshape(1, -1)
+    ids = np.array([tokenizer.encode("To be, or not")])
     trainer.model.eval(), model.eval()
     np.testing.assert_array_equal(model(ids).data, trainer.model(ids).data)
     assert tokenizer.decode(ids[0]) == "To be, or not"
+
+
+def test_a_char_tokenizer_is_saved_like_any_other_and_old_checkpoints_still_load(tmp_path, data_file):
+    out = tmp_path / "old"
+    trainer = make_trainer(out, data_file, max_iters=1)
+    trainer.run()
+    config = json.loads((out / "config.json").read_text())
+    assert config["tokenizer"] == {"kind": "char", "path": "tokenizer"}
+    assert load(str(out / "tokenizer")).chars == trainer.tokenizer.chars
+    # a checkpoint written before char tokenizers had files: the characters inline in config.json
+    config["tokenizer"] = {"kind": "char", "chars": "".join(trainer.tokenizer.chars)}
+    (out / "config.json").write_text(json.dumps(config))
+    shutil.rmtree(out / "tokenizer")
+    model, tokenizer = ckpt.build_model(ckpt.load_checkpoint(str(out)))
+    assert tokenizer.chars == trainer.tokenizer.chars
+    ids = np.array([tokenizer.encode("To be")])
+    trainer.model.eval(), model.eval()
+    np.testing.assert_array_equal(model(ids).data, trainer.model(ids).data)
+    resumed = make_trainer(out, data_file, resume=True, max_iters=2)
+    assert resumed.tokenizer.chars == trainer.tokenizer.chars and resumed.run()["step"] == 2
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, data_file):
@@ -235,7 +257,7 @@ def test_moe_model_trains_logs_its_router_and_round_trips(tmp_path, data_file):
     assert len(result["expert_load"]) == 1 and sum(result["expert_load"][0]) == pytest.approx(1, abs=1e-4)
     assert "expert_load" in log[-1] and log[-1]["eval"]
     model, tokenizer = ckpt.build_model(ckpt.load_checkpoint(str(out)))
-    ids = tokenizer.encode("To be, or not").reshape(1, -1)
+    ids = np.array([tokenizer.encode("To be, or not")])
     trainer.model.eval(), model.eval()
     np.testing.assert_array_equal(model(ids).data, trainer.model(ids).data)
 

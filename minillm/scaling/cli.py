@@ -72,18 +72,13 @@ def add_parser(sub):
 
 
 def _model_config(args):
+    from ..config import read_config
     from ..data import build_tokenizer, read_text
     from ..models import ModelConfig, load_preset
     if args.config and args.preset:
         raise ValueError("scaling count: pass --preset or --config, not both")
     if args.config:
-        try:
-            with open(args.config) as f:
-                spec = json.load(f)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read config {args.config!r}: {error}") from None
-        if not isinstance(spec, dict):
-            raise ValueError(f"config {args.config!r} is not a JSON object")
+        spec = read_config(args.config)
         model = dict(spec.get("model", spec))
         model.pop("description", None)
     else:
@@ -132,7 +127,8 @@ def _grid(args):
 
 
 def _fit_and_report(records, out, n_boot, plot, use_scipy=None):
-    from .sweep import fit_results, format_fit, write_json
+    from ..files import write_json
+    from .sweep import fit_results, format_fit
     fit = fit_results(records, n_boot=n_boot, use_scipy=use_scipy)
     path = os.path.join(out, "fit.json")
     write_json(path, fit)

@@ -23,9 +23,10 @@ Compute-optimal plan. With training compute C = 6 N D, minimising L(N, C / (6N))
 so the optimal tokens per parameter, D_opt / N_opt = G^-2 (C/6)^((alpha-beta)/(alpha+beta)), grows
 slowly with C when alpha > beta.
 """
-import json
 import math
 from dataclasses import asdict, dataclass
+
+from ..config import read_config
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,9 @@ def load_law(spec="published"):
     if spec in (None, "published"):
         return PUBLISHED_CHINCHILLA
     try:
-        with open(spec) as f:
-            fit = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"--law: cannot read {spec!r} ({error}); pass 'published' or a fit.json") from None
+        fit = read_config(spec, "fit")
+    except ValueError as error:
+        raise ValueError(f"--law: {error}; pass 'published' or a fit.json") from None
     law = fit.get("chinchilla", fit) if isinstance(fit, dict) else None
     law = law.get("law", law) if isinstance(law, dict) else None
     try:

@@ -12,26 +12,9 @@ import os
 
 import numpy as np
 
+from ..plots import pyplot, save_figure
 from .fits import frontier
 from .laws import ChinchillaLaw, KaplanLaw
-
-
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'minillm[plot]'") from None
-    return plt
-
-
-def _save(fig, plt, path):
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def _arrays(records):
@@ -42,7 +25,7 @@ def _arrays(records):
 
 
 def plot_loss_vs_compute(records, law, path):
-    plt = _pyplot()
+    plt = pyplot()
     N, D, L, C = _arrays(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("viridis")
@@ -61,11 +44,11 @@ def plot_loss_vs_compute(records, law, path):
            title="Loss vs compute")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_isoflop(records, law, path, levels=4):
-    plt = _pyplot()
+    plt = pyplot()
     N, D, L, C = _arrays(records)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("plasma")
@@ -83,11 +66,11 @@ def plot_isoflop(records, law, path, levels=4):
     ax.set_ylim(min(L.min(), law.E) - 0.05, L.max() + 0.3)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_fit_vs_observed(records, law, kaplan, path):
-    plt = _pyplot()
+    plt = pyplot()
     N, D, L, _ = _arrays(records)
     N_ne = np.array([r["non_embedding_params"] for r in records], dtype=float)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -111,7 +94,7 @@ def plot_fit_vs_observed(records, law, kaplan, path):
         ax.legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_all(records, fit, out):

@@ -233,13 +233,6 @@ def fit_results(records, n_boot=200, use_scipy=None, seed=0):
             "n_runs": len(records), "n_boot": n_boot}
 
 
-def write_json(path, payload):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def format_runs(records):
     """One line per run: size, tokens, compute, loss, speed, MFU."""
     lines = [f"{'run':<54} {'params':>9} {'tokens':>10} {'C=6ND':>9} {'val loss':>8} {'tok/s':>8} {'MFU':>6}"]

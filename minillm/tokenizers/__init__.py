@@ -1,4 +1,5 @@
-"""Tokenizers: byte-level BPE (GPT-2 compatible), Unigram (SentencePiece-style), WordPiece (BERT).
+"""Tokenizers: characters, byte-level BPE (GPT-2 compatible), Unigram (SentencePiece-style),
+WordPiece (BERT). All share one interface (base.Tokenizer): train, encode, decode, save, load.
 
     from minillm.tokenizers import BPETokenizer, load
     tok = BPETokenizer.train(open("input.txt").read(), vocab_size=4096)
@@ -10,10 +11,12 @@ import os
 
 from .base import Tokenizer, read_meta
 from .bpe import PATTERNS, BPETokenizer, read_tiktoken
+from .char import CharTokenizer
 from .unigram import UnigramTokenizer
 from .wordpiece import WordPieceTokenizer
 
-KINDS = {"bpe": BPETokenizer, "unigram": UnigramTokenizer, "wordpiece": WordPieceTokenizer}
+# every tokenizer by its kind: what `--tokenizer KIND` trains and what load() reads from a saved directory
+KINDS = {"char": CharTokenizer, "bpe": BPETokenizer, "unigram": UnigramTokenizer, "wordpiece": WordPieceTokenizer}
 
 
 def load(path):
@@ -34,4 +37,4 @@ def load(path):
     raise ValueError(f"load: {path} is neither a saved tokenizer directory, a .tiktoken file nor a vocab.txt")
 
 
-__all__ = ["Tokenizer", "BPETokenizer", "UnigramTokenizer", "WordPieceTokenizer", "PATTERNS", "KINDS", "load"]
+__all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "UnigramTokenizer", "WordPieceTokenizer", "PATTERNS", "KINDS", "load"]

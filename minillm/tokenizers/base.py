@@ -5,23 +5,23 @@ and the vocabulary in its family's own format: tiktoken's rank file for BPE, a
 SentencePiece-style `piece<TAB>score` file for Unigram, BERT's `vocab.txt` for WordPiece, so the
 vocabulary also opens in the tools that made those formats.
 """
-import json
+import hashlib
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import regex
 
+from ..config import read_config
+from ..files import atomic_write, write_json
+
 META = "minillm_tokenizer.json"
 
 
-def atomic_write(path, data):
-    """Write str or bytes to path via a temp file beside it and os.replace (never half a file)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
-    with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": "\n"})) as f:
-        f.write(data)
-    os.replace(tmp, path)
+def check_vocab_size(kind, vocab_size):
+    """A tokenizer trained to a size needs that size: an int."""
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise ValueError(f"train: a {kind} tokenizer needs a vocab size (an int), got {vocab_size!r}")
 
 
 def read_texts(texts):
@@ -38,9 +38,10 @@ def read_texts(texts):
 class Tokenizer:
     """The interface: encode/decode text, batch encoding, special tokens, save/load.
 
-    Subclasses provide `encode_ordinary(text)` (no special tokens), `decode_bytes(ids)`,
-    `vocab_size`, `id_to_token`, `_save_vocab(directory)` and `_load(directory, meta)`.
-    `special_tokens` maps each special token's text to its id.
+    Subclasses provide `kind` (their name in tokenizers.KINDS and in saved files), the classmethod
+    `train(texts, vocab_size, ..., progress=None)`, `encode_ordinary(text)` (no special tokens),
+    `decode_bytes(ids)`, `vocab_size`, `id_to_token`, `_save_vocab(directory)` and
+    `_load(directory, meta)`. `special_tokens` maps each special token's text to its id.
     """
     kind = None
 
@@ -128,7 +129,7 @@ class Tokenizer:
         """Write the vocabulary and minillm_tokenizer.json into directory (created if needed)."""
         os.makedirs(directory, exist_ok=True)
         meta = {"kind": self.kind, "special_tokens": self.special_tokens, **self._save_vocab(directory)}
-        atomic_write(os.path.join(directory, META), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        write_json(os.path.join(directory, META), meta)
         return directory
 
     @classmethod
@@ -138,6 +139,16 @@ class Tokenizer:
             raise ValueError(f"load: {directory} holds a {meta.get('kind')!r} tokenizer, not {cls.kind!r}")
         return cls._load(directory, meta)
 
+    def fingerprint(self):
+        """A short hash of the saved files, which changes whenever the tokenizer would encode differently."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp)
+            h = hashlib.sha1()
+            for name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+        return h.hexdigest()[:12]
+
     def __repr__(self):
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={len(self.special_tokens)})"
 
@@ -146,5 +157,4 @@ def read_meta(directory):
     path = os.path.join(directory, META)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: {directory} has no {META}; is it a directory written by Tokenizer.save()?")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_config(path, "tokenizer")

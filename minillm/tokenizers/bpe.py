@@ -23,7 +23,8 @@ from collections import Counter
 import numpy as np
 import regex
 
-from .base import Tokenizer, atomic_write, read_texts
+from ..files import atomic_write
+from .base import Tokenizer, check_vocab_size, read_texts
 
 PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
@@ -225,6 +226,7 @@ class BPETokenizer(Tokenizer):
         Special tokens' text in the corpus is cut out, never merged. progress: a callable
         progress(n_merges_done, n_merges_total), called now and then.
         """
+        check_vocab_size("bpe", vocab_size)
         special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens or ())
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
@@ -236,7 +238,8 @@ class BPETokenizer(Tokenizer):
             raise ValueError("train: the corpus is empty (no text outside special tokens)")
         report = (lambda done: progress(done, n_merges)) if progress else None
         if probe._native is not None:
-            merges = native().bpe_train(list(words), list(words.values()), n_merges, report)
+            merges = native().bpe_train(words=list(words), counts=list(words.values()), n_merges=n_merges,
+                                       progress=report)
         else:
             merges = train_merges_reference(words, n_merges)
         if progress:

@@ -18,7 +18,8 @@ import os
 import random
 from collections import Counter
 
-from .base import Tokenizer, atomic_write, read_texts
+from ..files import atomic_write
+from .base import Tokenizer, check_vocab_size, read_texts
 
 SPACE = "\u2581"   # "▁"
 BYTES = [f"<0x{b:02X}>" for b in range(256)]
@@ -75,7 +76,8 @@ class UnigramTokenizer(Tokenizer):
         C = _native() if use_native in (None, True) else None
         if use_native and C is None:
             raise RuntimeError("UnigramTokenizer: use_native=True but the native extension is not in use")
-        self._native = (C.UnigramModel([p for p, _ in self.pieces], self._score, self._unk_score, max_piece_len)
+        self._native = (C.UnigramModel(pieces=[p for p, _ in self.pieces], scores=self._score,
+                                       unk_score=self._unk_score, max_len=max_piece_len)
                         if C is not None else None)
 
     def _like(self, pieces):
@@ -231,6 +233,7 @@ class UnigramTokenizer(Tokenizer):
         """Learn at most vocab_size - len(special_tokens) - 256 pieces from texts (str or iterable of
         str); fewer when the corpus has fewer substrings seen twice (EM drops pieces whose expected
         count is under 0.5). progress(done, total) is called after each round of pruning."""
+        check_vocab_size("unigram", vocab_size)
         special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
         target = vocab_size - len(special_tokens) - 256
         if target < 1:

@@ -20,7 +20,8 @@ from collections import Counter, defaultdict
 
 import regex
 
-from .base import Tokenizer, atomic_write, read_texts
+from ..files import atomic_write
+from .base import Tokenizer, check_vocab_size, read_texts
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -125,6 +126,7 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size, lowercase=True, strip_accents=None, special_tokens=SPECIALS, progress=None):
+        check_vocab_size("wordpiece", vocab_size)
         words = Counter(w for t in read_texts(texts) for w in basic_tokenize(t, lowercase, strip_accents))
         if not words:
             raise ValueError("train: the corpus is empty (it holds no words)")

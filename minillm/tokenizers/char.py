@@ -1,0 +1,71 @@
+"""Character-level tokenizer (nanoGPT's shakespeare-char): one token per character, the vocabulary
+being the sorted set of characters seen in training, so the id of a character is its rank in it.
+
+Encode is a binary search of the text's code points in the sorted vocabulary (np.searchsorted);
+a character outside the vocabulary is an error, not a silent unknown token. Saved as a directory
+like the other tokenizers, with the characters in minillm_tokenizer.json.
+"""
+import numpy as np
+
+from .base import Tokenizer, read_texts
+
+
+class CharTokenizer(Tokenizer):
+    """chars: the vocabulary, sorted and distinct (a str or a list of one-character strings)."""
+    kind = "char"
+
+    def __init__(self, chars):
+        super().__init__()
+        self.chars = list(chars)
+        if any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
+            raise ValueError("CharTokenizer: chars must be single characters")
+        self.codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)   # sorted
+        if np.any(np.diff(self.codepoints.astype(np.int64)) <= 0):
+            raise ValueError("CharTokenizer: chars must be sorted and distinct")
+
+    @classmethod
+    def train(cls, texts, vocab_size=None, progress=None):
+        """The characters of texts (a str or an iterable of str). vocab_size and progress are taken
+        for the common train() signature and not used: the text decides the vocabulary."""
+        return cls(sorted(set().union(*map(set, read_texts(texts)))))
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def id_to_token(self, token_id):
+        return self.chars[token_id]
+
+    def encode_ordinary(self, text):
+        """Ids of text's characters; a character outside the vocabulary raises ValueError."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode: text must be str, got {type(text).__name__}")
+        points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+        n = len(self.chars)
+        ids = np.searchsorted(self.codepoints, points)
+        bad = (ids >= n) | (self.codepoints[np.minimum(ids, n - 1)] != points) if n else np.ones(len(points), bool)
+        if bad.any():
+            raise ValueError(f"character {chr(points[bad][0])!r} is not in the tokenizer's vocabulary")
+        return ids.tolist()
+
+    def decode(self, ids, errors="strict"):
+        """The characters of ids joined (errors is taken for the common signature: characters are
+        always valid text)."""
+        ids = self._as_ids(ids)
+        return "".join([self.chars[i] for i in ids])
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode("utf-8", errors="surrogatepass")
+
+    def _as_ids(self, ids):
+        ids = np.asarray(ids)
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= len(self.chars)):
+            self._check_ids(ids.tolist())
+        return ids.tolist()
+
+    def _save_vocab(self, directory):
+        return {"chars": "".join(self.chars)}
+
+    @classmethod
+    def _load(cls, directory, meta):
+        return cls(meta["chars"])
