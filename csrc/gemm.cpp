@@ -3,7 +3,7 @@
 // op(A) is (M, K): A is stored (M, K) row-major, or (K, M) when trans_a. op(B) is (K, N): B is
 // stored (K, N), or (N, K) when trans_b. Transposes are absorbed by the packing, never copied.
 //
-// The BLIS structure (see KERNEL-NOTES.md), loops from the outside in:
+// The BLIS structure (Van Zee and van de Geijn, "BLIS", 2015), loops from the outside in:
 //   jc over N in NC columns
 //     pc over K in KC:     pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide slivers (k-major, zero-padded)
 //       ic over M in MC:   pack op(A)[ic:ic+MC, pc:pc+KC] into MR-tall slivers (k-major, zero-padded)
