@@ -75,7 +75,8 @@ class UnigramTokenizer(Tokenizer):
         C = _native() if use_native in (None, True) else None
         if use_native and C is None:
             raise RuntimeError("UnigramTokenizer: use_native=True but the native extension is not in use")
-        self._native = (C.UnigramModel([p for p, _ in self.pieces], self._score, self._unk_score, max_piece_len)
+        self._native = (C.UnigramModel(pieces=[p for p, _ in self.pieces], scores=self._score,
+                                       unk_score=self._unk_score, max_len=max_piece_len)
                         if C is not None else None)
 
     def _like(self, pieces):
