@@ -14,6 +14,8 @@
 #include <queue>
 #include <stdexcept>
 
+#include <pybind11/stl.h>   // lists of ids and of merges back to Python
+
 #include "../binding.h"
 
 namespace minillm {

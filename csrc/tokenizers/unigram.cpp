@@ -15,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <pybind11/stl.h>   // lists of ids and of merges back to Python
+
 #include "../binding.h"
 
 namespace minillm {
