@@ -274,7 +274,7 @@ static void check_attention_inputs(const Check& check, const py::array& q, const
     }
     if (check.optional("key_padding_mask", key_padding_mask, mask)) {
         check.typed<bool>("key_padding_mask", mask, 2, "bool");
-        check.shape("key_padding_mask", mask, {q.shape(0), k.shape(2)}, "(B, S), True = keep");
+        check.shape("key_padding_mask", mask, {q.shape(0), k.shape(2)}, "one per key of each batch row, True = keep");
     }
 }
 
@@ -324,7 +324,7 @@ static py::tuple py_attention_backward(const py::array& dout, const py::array& q
     check.floating("lse", lse);
     check.same_as("dout", dout, "q", q);
     check.same_as("out", out, "q", q);
-    check.shape("lse", lse, {q.shape(0), q.shape(1), q.shape(2)}, "q", q, "(B, H, T)");
+    check.shape("lse", lse, {q.shape(0), q.shape(1), q.shape(2)}, "q", q, "one per query row");
     check.dtype_of("lse", lse, "q", q);
     py::array dq = empty_like(q), dk = empty_like(k), dv = empty_like(v);
     dispatch_float(q, [&](auto zero) {
