@@ -1,16 +1,17 @@
-"""Build the native extension `minillm._C` from csrc/.
+"""Build the native extension `minillm._C` from csrc/ (every .cpp in it and its subfolders).
 
 -O3 everywhere; the AVX2/FMA code paths are compiled per function with
 `__attribute__((target(...)))` and chosen at run time, so one build runs on any
 x86-64 (and on ARM, where only the portable scalar path is compiled). OpenMP is
 used when the compiler supports it; otherwise the build goes on without it and
-`minillm.build_info()` says so.
+`minillm.build_info()` says so. The sources compile in parallel (MINILLM_BUILD_JOBS sets how
+many at once; the default is one per CPU).
 """
 import os
 import sys
 import tempfile
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 
@@ -46,7 +47,16 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp"))
+def cpp_sources(root):
+    """Every .cpp under root, as sorted relative paths (the same list, in the same order, everywhere)."""
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [os.path.join(folder, f) for f in files if f.endswith(".cpp")]
+    return sorted(p.replace(os.sep, "/") for p in found)
+
+
+ParallelCompile("MINILLM_BUILD_JOBS").install()
+sources = cpp_sources("csrc")
 ext = Pybind11Extension("minillm._C", sources, include_dirs=["csrc"], cxx_std=17)
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

@@ -8,12 +8,13 @@
 // mirrored for z < 0, so exp never overflows and both keep full relative precision in the tails.
 // GELU clamps x to [-30, 30] inside s and the derivative: beyond, 2u > 1900 and s is exactly 0 or 1
 // even in float64 (exp underflows below -745), and x^3 can no longer overflow into inf * 0 = NaN.
-// NaN inputs stay NaN.
+// NaN inputs stay NaN. Bindings at the bottom: gelu_forward, gelu_backward, silu_forward, silu_backward.
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
-#include "rowwise.h"
+#include "binding.h"
+#include "parallel.h"
+#include "simd.h"
 
 namespace minillm {
 
@@ -41,9 +42,10 @@ template <typename T>
 static void gelu_forward_scalar(const T* x, T* y, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) {
         const T xc = gelu_clamp(x[i]);
+        const T two_u = T(2 * kGeluC) * xc * (T(1) + T(kGeluA) * xc * xc);   // 2u = 2c (x + a x^3)
         T s, oms;
-        sigmoid_pair(T(2 * kGeluC) * xc * (T(1) + T(kGeluA) * xc * xc), s, oms);
-        y[i] = x[i] * s;
+        sigmoid_pair(two_u, s, oms);
+        y[i] = x[i] * s;                                                        // x s(2u)
     }
 }
 
@@ -51,9 +53,14 @@ template <typename T>
 static void gelu_backward_scalar(const T* dy, const T* x, T* dx, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) {
         const T xc = gelu_clamp(x[i]), x2 = xc * xc;
+        const T two_u = T(2 * kGeluC) * xc * (T(1) + T(kGeluA) * x2);
         T s, oms;
-        sigmoid_pair(T(2 * kGeluC) * xc * (T(1) + T(kGeluA) * x2), s, oms);
-        dx[i] = dy[i] * (s + T(2 * kGeluC) * xc * s * oms * (T(1) + T(3 * kGeluA) * x2));
+        sigmoid_pair(two_u, s, oms);
+        // d/dx [x s(2u)] = s + x s'(2u) d(2u)/dx,  s' = s (1 - s),  d(2u)/dx = 2c (1 + 3a x^2)
+        const T d_two_u = T(2 * kGeluC) * (T(1) + T(3 * kGeluA) * x2);
+        T grad = s;                       // term 1: s(2u)
+        grad += xc * (s * oms) * d_two_u;  // term 2: x s'(2u) d(2u)/dx
+        dx[i] = dy[i] * grad;
     }
 }
 
@@ -71,7 +78,10 @@ static void silu_backward_scalar(const T* dy, const T* x, T* dx, std::int64_t n)
     for (std::int64_t i = 0; i < n; ++i) {
         T s, oms;
         sigmoid_pair(x[i], s, oms);
-        dx[i] = dy[i] * s * (T(1) + x[i] * oms);
+        // d/dx [x s(x)] = s + x s (1 - s)
+        T grad = s;                 // term 1: s(x)
+        grad += x[i] * (s * oms);   // term 2: x s'(x)
+        dx[i] = dy[i] * grad;
     }
 }
 
@@ -142,9 +152,35 @@ MINILLM_AVX2 static void silu_backward_avx2(const float* dy, const float* x, flo
 }
 #endif
 
-// ---- drivers: OpenMP over blocks of kBlock elements ----
+// ---- dispatch: the best version for T on this CPU, one block at a time
 
-template <typename T, typename F>
+template <typename T>
+static void gelu_forward_block(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, gelu_forward_avx2(x, y, n));
+    gelu_forward_scalar(x, y, n);
+}
+
+template <typename T>
+static void gelu_backward_block(Isa isa, const T* dy, const T* x, T* dx, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, gelu_backward_avx2(dy, x, dx, n));
+    gelu_backward_scalar(dy, x, dx, n);
+}
+
+template <typename T>
+static void silu_forward_block(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, silu_forward_avx2(x, y, n));
+    silu_forward_scalar(x, y, n);
+}
+
+template <typename T>
+static void silu_backward_block(Isa isa, const T* dy, const T* x, T* dx, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, silu_backward_avx2(dy, x, dx, n));
+    silu_backward_scalar(dy, x, dx, n);
+}
+
+// ---- kernels: elementwise over n values, OpenMP over blocks of kBlock elements
+
+template <typename F>
 static void for_blocks(std::int64_t n, F&& body) {   // body(offset, length)
     const std::int64_t blocks = (n + kBlock - 1) / kBlock;
     parallel_rows(blocks, kBlock, [&](std::int64_t b) { body(b * kBlock, std::min(kBlock, n - b * kBlock)); });
@@ -152,63 +188,79 @@ static void for_blocks(std::int64_t n, F&& body) {   // body(offset, length)
 
 template <typename T>
 void gelu_forward(const T* x, T* y, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    for_blocks<T>(n, [&](std::int64_t o, std::int64_t len) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return gelu_forward_avx2(x + o, y + o, len);
-#endif
-        gelu_forward_scalar(x + o, y + o, len);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    for_blocks(n, [&](std::int64_t o, std::int64_t len) { gelu_forward_block(isa, x + o, y + o, len); });
 }
 
 template <typename T>
 void gelu_backward(const T* dy, const T* x, T* dx, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    for_blocks<T>(n, [&](std::int64_t o, std::int64_t len) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return gelu_backward_avx2(dy + o, x + o, dx + o, len);
-#endif
-        gelu_backward_scalar(dy + o, x + o, dx + o, len);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    for_blocks(n, [&](std::int64_t o, std::int64_t len) { gelu_backward_block(isa, dy + o, x + o, dx + o, len); });
 }
 
 template <typename T>
 void silu_forward(const T* x, T* y, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    for_blocks<T>(n, [&](std::int64_t o, std::int64_t len) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return silu_forward_avx2(x + o, y + o, len);
-#endif
-        silu_forward_scalar(x + o, y + o, len);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    for_blocks(n, [&](std::int64_t o, std::int64_t len) { silu_forward_block(isa, x + o, y + o, len); });
 }
 
 template <typename T>
 void silu_backward(const T* dy, const T* x, T* dx, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    for_blocks<T>(n, [&](std::int64_t o, std::int64_t len) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return silu_backward_avx2(dy + o, x + o, dx + o, len);
-#endif
-        silu_backward_scalar(dy + o, x + o, dx + o, len);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    for_blocks(n, [&](std::int64_t o, std::int64_t len) { silu_backward_block(isa, dy + o, x + o, dx + o, len); });
 }
 
-template void gelu_forward<float>(const float*, float*, std::int64_t);
-template void gelu_forward<double>(const double*, double*, std::int64_t);
-template void gelu_backward<float>(const float*, const float*, float*, std::int64_t);
-template void gelu_backward<double>(const double*, const double*, double*, std::int64_t);
-template void silu_forward<float>(const float*, float*, std::int64_t);
-template void silu_forward<double>(const double*, double*, std::int64_t);
-template void silu_backward<float>(const float*, const float*, float*, std::int64_t);
-template void silu_backward<double>(const double*, const double*, double*, std::int64_t);
+// ---- bindings: any shape (at least one dimension), elementwise
+
+// y = f(x); `kernel` is a generic lambda over the kernel template, instantiated for x's dtype.
+template <typename Kernel>
+static py::array elementwise_forward(const char* fn, const py::array& x, Kernel kernel) {
+    const Check check(fn);
+    check.floating("x", x);
+    py::array y = empty_like(x);
+    const std::int64_t n = x.size();
+    dispatch_float(x, [&](auto zero) {
+        using T = decltype(zero);
+        const T* xp = data<T>(x);
+        T* yp = mutable_data<T>(y);
+        py::gil_scoped_release release;
+        if (n) kernel(xp, yp, n);
+    });
+    return y;
+}
+
+// dx = dy * f'(x).
+template <typename Kernel>
+static py::array elementwise_backward(const char* fn, const py::array& dy, const py::array& x, Kernel kernel) {
+    const Check check(fn);
+    check.floating("dy", dy);
+    check.floating("x", x);
+    check.same_as("dy", dy, "x", x);
+    py::array dx = empty_like(x);
+    const std::int64_t n = x.size();
+    dispatch_float(x, [&](auto zero) {
+        using T = decltype(zero);
+        const T *dyp = data<T>(dy), *xp = data<T>(x);
+        T* dxp = mutable_data<T>(dx);
+        py::gil_scoped_release release;
+        if (n) kernel(dyp, xp, dxp, n);
+    });
+    return dx;
+}
+
+void bind_activation(py::module_& m) {
+    m.def("gelu_forward", [](const py::array& x) {
+        return elementwise_forward("gelu_forward", x, [](auto... a) { gelu_forward(a...); });
+    }, py::arg("x"), "GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).");
+    m.def("gelu_backward", [](const py::array& dy, const py::array& x) {
+        return elementwise_backward("gelu_backward", dy, x, [](auto... a) { gelu_backward(a...); });
+    }, py::arg("dy"), py::arg("x"), "dx = dy * gelu'(x).");
+    m.def("silu_forward", [](const py::array& x) {
+        return elementwise_forward("silu_forward", x, [](auto... a) { silu_forward(a...); });
+    }, py::arg("x"), "SiLU: x * sigmoid(x).");
+    m.def("silu_backward", [](const py::array& dy, const py::array& x) {
+        return elementwise_backward("silu_backward", dy, x, [](auto... a) { silu_backward(a...); });
+    }, py::arg("dy"), py::arg("x"), "dx = dy * sigmoid(x) (1 + x (1 - sigmoid(x))).");
+}
 
 }  // namespace minillm

@@ -218,76 +218,104 @@ MINILLM_AVX2 static void softmax_grad_row_avx2(const float* p, float* dp, std::i
 }
 #endif
 
-// ---- dispatch: AVX2 for float32 when `simd`, else the scalar twin
-
-#if MINILLM_X86
-#define MINILLM_ATTN_DISPATCH(call_avx2)                       \
-    if constexpr (std::is_same<F, float>::value) {             \
-        if (simd) return call_avx2;                            \
-    }
-#else
-#define MINILLM_ATTN_DISPATCH(call_avx2)
-#endif
+// ---- dispatch: the best version for F on this CPU
 
 template <typename F>
-void matmul_tile(bool simd, std::int64_t m, std::int64_t n, std::int64_t k, F alpha, const F* A, std::int64_t lda,
+void matmul_tile(Isa isa, std::int64_t m, std::int64_t n, std::int64_t k, F alpha, const F* A, std::int64_t lda,
                  bool trans_a, const F* B, std::int64_t ldb, F* C, std::int64_t ldc, bool accumulate) {
-    MINILLM_ATTN_DISPATCH(matmul_tile_avx2(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate))
+    MINILLM_USE_AVX2(F, isa, matmul_tile_avx2(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate));
     matmul_tile_scalar(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate);
-    (void)simd;
 }
 
 template <typename F>
-void transpose_tile(bool simd, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At) {
-    MINILLM_ATTN_DISPATCH(transpose_tile_avx2(m, n, A, lda, At))
-    (void)simd;
+void transpose_tile(Isa isa, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At) {
+    MINILLM_USE_AVX2(F, isa, transpose_tile_avx2(m, n, A, lda, At));
     transpose_part(m, 0, m, 0, n, A, lda, At);
 }
 
 template <typename F>
-F row_max(bool simd, const F* x, std::int64_t n) {
-    MINILLM_ATTN_DISPATCH(row_max_avx2(x, n))
-    (void)simd;
+F row_max(Isa isa, const F* x, std::int64_t n) {
+    MINILLM_USE_AVX2(F, isa, row_max_avx2(x, n));
     return row_max_scalar(x, n);
 }
 
 template <typename F>
-F exp_shifted(bool simd, const F* x, F* y, std::int64_t n, F shift) {
-    MINILLM_ATTN_DISPATCH(exp_shifted_avx2(x, y, n, shift))
-    (void)simd;
+F exp_shifted(Isa isa, const F* x, F* y, std::int64_t n, F shift) {
+    MINILLM_USE_AVX2(F, isa, exp_shifted_avx2(x, y, n, shift));
     return exp_shifted_scalar(x, y, n, shift);
 }
 
 template <typename F>
-void scale_row(bool simd, F* x, std::int64_t n, F c) {
-    MINILLM_ATTN_DISPATCH(scale_row_avx2(x, n, c))
-    (void)simd;
+void scale_row(Isa isa, F* x, std::int64_t n, F c) {
+    MINILLM_USE_AVX2(F, isa, scale_row_avx2(x, n, c));
     for (std::int64_t i = 0; i < n; ++i) x[i] *= c;
 }
 
 template <typename F>
-F dot_row(bool simd, const F* a, const F* b, std::int64_t n) {
-    MINILLM_ATTN_DISPATCH(dot_row_avx2(a, b, n))
-    (void)simd;
+F dot_row(Isa isa, const F* a, const F* b, std::int64_t n) {
+    MINILLM_USE_AVX2(F, isa, dot_row_avx2(a, b, n));
     return dot_row_scalar(a, b, n);
 }
 
 template <typename F>
-void softmax_grad_row(bool simd, const F* p, F* dp, std::int64_t n, F d) {
-    MINILLM_ATTN_DISPATCH(softmax_grad_row_avx2(p, dp, n, d))
-    (void)simd;
+void softmax_grad_row(Isa isa, const F* p, F* dp, std::int64_t n, F d) {
+    MINILLM_USE_AVX2(F, isa, softmax_grad_row_avx2(p, dp, n, d));
     for (std::int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
 }
 
+// ---- masked scores of a tile
+
+// S (br, bc) of positions p0.. and keys j0..: add ALiBi and set hidden entries to -inf.
+template <typename F>
+static void bias_and_mask(const Visibility& vis, bool mask, const F* slope, std::int64_t p0, std::int64_t j0,
+                          std::int64_t br, std::int64_t bc, F* s) {
+    for (std::int64_t r = 0; r < br; ++r) {
+        const std::int64_t p = p0 + r;
+        F* row = s + r * bc;
+        std::int64_t lo = 0, hi = bc;                // the visible columns [lo, hi) of this row
+        if (mask) {
+            vis.keys_of(p, lo, hi);
+            lo = std::min(std::max<std::int64_t>(lo - j0, 0), bc);
+            hi = std::min(std::max<std::int64_t>(hi - j0, lo), bc);
+            std::fill(row, row + lo, F(-INFINITY));
+            std::fill(row + hi, row + bc, F(-INFINITY));
+        }
+        if (mask && vis.keep)
+            for (std::int64_t c = lo; c < hi; ++c)
+                if (!vis.keep[j0 + c]) row[c] = F(-INFINITY);
+        if (slope)                                   // -inf stays -inf
+            for (std::int64_t c = lo; c < hi; ++c) {
+                const std::int64_t distance = vis.causal ? p - (j0 + c) : std::abs(p - (j0 + c));
+                row[c] -= *slope * F(distance);
+            }
+    }
+}
+
+template <typename F>
+void scores(Isa isa, const Visibility& vis, const F* slope, std::int64_t D, const F* q, const F* k, const F* kt,
+            std::int64_t p0, std::int64_t j0, std::int64_t br, std::int64_t bc, F* s) {
+    const F scale = F(1) / std::sqrt(F(D));
+    if (kt) {
+        matmul_tile<F>(isa, br, bc, D, scale, q, D, false, kt, bc, s, bc, false);
+    } else {
+        for (std::int64_t r = 0; r < br; ++r)
+            for (std::int64_t c = 0; c < bc; ++c) s[r * bc + c] = scale * dot_row(isa, q + r * D, k + c * D, D);
+    }
+    const bool mask = !vis.all_visible(p0, p0 + br - 1, j0, j0 + bc);
+    if (mask || slope) bias_and_mask(vis, mask, slope, p0, j0, br, bc, s);
+}
+
 #define MINILLM_ATTN_INSTANTIATE(F)                                                                              \
-    template void matmul_tile<F>(bool, std::int64_t, std::int64_t, std::int64_t, F, const F*, std::int64_t, bool, \
+    template void matmul_tile<F>(Isa, std::int64_t, std::int64_t, std::int64_t, F, const F*, std::int64_t, bool, \
                                  const F*, std::int64_t, F*, std::int64_t, bool);                                 \
-    template void transpose_tile<F>(bool, std::int64_t, std::int64_t, const F*, std::int64_t, F*);                     \
-    template F row_max<F>(bool, const F*, std::int64_t);                                                          \
-    template F exp_shifted<F>(bool, const F*, F*, std::int64_t, F);                                               \
-    template void scale_row<F>(bool, F*, std::int64_t, F);                                                        \
-    template F dot_row<F>(bool, const F*, const F*, std::int64_t);                                                \
-    template void softmax_grad_row<F>(bool, const F*, F*, std::int64_t, F);
+    template void transpose_tile<F>(Isa, std::int64_t, std::int64_t, const F*, std::int64_t, F*);                     \
+    template F row_max<F>(Isa, const F*, std::int64_t);                                                          \
+    template F exp_shifted<F>(Isa, const F*, F*, std::int64_t, F);                                               \
+    template void scale_row<F>(Isa, F*, std::int64_t, F);                                                        \
+    template F dot_row<F>(Isa, const F*, const F*, std::int64_t);                                                \
+    template void softmax_grad_row<F>(Isa, const F*, F*, std::int64_t, F);                                      \
+    template void scores<F>(Isa, const Visibility&, const F*, std::int64_t, const F*, const F*, const F*,      \
+                            std::int64_t, std::int64_t, std::int64_t, std::int64_t, F*);
 MINILLM_ATTN_INSTANTIATE(float)
 MINILLM_ATTN_INSTANTIATE(double)
 

@@ -3,7 +3,7 @@
 // op(A) is (M, K): A is stored (M, K) row-major, or (K, M) when trans_a. op(B) is (K, N): B is
 // stored (K, N), or (N, K) when trans_b. Transposes are absorbed by the packing, never copied.
 //
-// The BLIS structure (Van Zee and van de Geijn, "BLIS", 2015), loops from the outside in:
+// The BLIS structure, loops from the outside in:
 //   jc over N in NC columns
 //     pc over K in KC:     pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide slivers (k-major, zero-padded)
 //       ic over M in MC:   pack op(A)[ic:ic+MC, pc:pc+KC] into MR-tall slivers (k-major, zero-padded)
@@ -12,12 +12,13 @@
 //             micro-kernel: KC rank-1 updates of an MR x NR tile held in registers
 // The first pc block writes C (with the bias), later ones add to it; edge tiles go through a
 // small temporary tile. M = 1 (a decode step's GEMV) has its own path: it streams B once.
+// Binding at the bottom: matmul.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "kernels.h"
+#include "binding.h"
 #include "simd.h"
 
 namespace minillm {
@@ -137,13 +138,8 @@ MINILLM_AVX2 void write_full_tile_avx2(const float* acc, float* c, std::int64_t 
 #endif
 
 template <typename T>
-void micro_kernel(bool simd, std::int64_t kc, const T* ap, const T* bp, T* acc) {
-#if MINILLM_X86
-    if constexpr (std::is_same<T, float>::value) {
-        if (simd) return micro_kernel_avx2(kc, ap, bp, acc);
-    }
-#endif
-    (void)simd;
+void micro_kernel(Isa isa, std::int64_t kc, const T* ap, const T* bp, T* acc) {
+    MINILLM_USE_AVX2(T, isa, micro_kernel_avx2(kc, ap, bp, acc));
     micro_kernel_scalar(kc, ap, bp, acc);
 }
 
@@ -163,6 +159,16 @@ void write_tile(const T* acc, T* c, std::int64_t ldc, std::int64_t rows, std::in
     }
 }
 
+// The same with a full MR x NR tile in registers when the CPU allows.
+template <typename T>
+void store_tile(Isa isa, const T* acc, T* c, std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool overwrite,
+                const T* bias) {
+    if (rows == MR && cols == NR) {
+        MINILLM_USE_AVX2(T, isa, write_full_tile_avx2(acc, c, ldc, overwrite, bias));
+    }
+    write_tile(acc, c, ldc, rows, cols, overwrite, bias);
+}
+
 #if MINILLM_X86
 // <x, row> over K floats with two 8-wide FMA accumulators.
 MINILLM_AVX2 float dot_avx2(const float* x, const float* row, std::int64_t K) {
@@ -179,13 +185,8 @@ MINILLM_AVX2 float dot_avx2(const float* x, const float* row, std::int64_t K) {
 #endif
 
 template <typename T>
-T dot(bool simd, const T* x, const T* row, std::int64_t K) {
-#if MINILLM_X86
-    if constexpr (std::is_same<T, float>::value) {
-        if (simd) return dot_avx2(x, row, K);
-    }
-#endif
-    (void)simd;
+T dot(Isa isa, const T* x, const T* row, std::int64_t K) {
+    MINILLM_USE_AVX2(T, isa, dot_avx2(x, row, K));
     T s0 = 0, s1 = 0, s2 = 0, s3 = 0;   // four partial sums: independent chains
     std::int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
@@ -199,13 +200,13 @@ T dot(bool simd, const T* x, const T* row, std::int64_t K) {
 // y (N) = x (K) op(B) [+ y] [+ bias]: the M = 1 case, memory-bound, so B is read exactly once.
 template <typename T>
 void gemv(const T* x, const Operand<T>& b, T* y, std::int64_t K, std::int64_t N, bool accumulate, const T* bias) {
-    const bool simd = std::is_same<T, float>::value && use_avx2();
+    const Isa isa = simd_isa<T>();
     if (b.trans) {    // B (N, K): y_j = <x, B_j>, rows of B contiguous; threads split the rows
 #if defined(MINILLM_OPENMP)
 #pragma omp parallel for schedule(static) if (N * K >= kParallelThreshold)
 #endif
         for (std::int64_t j = 0; j < N; ++j) {
-            const T s = dot(simd, x, b.p + j * b.ld, K) + (bias ? bias[j] : T(0));
+            const T s = dot(isa, x, b.p + j * b.ld, K) + (bias ? bias[j] : T(0));
             y[j] = accumulate ? y[j] + s : s;
         }
     } else {          // B (K, N): y = sum_k x_k B[k, :]; threads split the columns
@@ -258,7 +259,7 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
     }
     if (M == 1) return gemv(A, b, C, K, N, accumulate, bias);
 
-    const bool simd = std::is_same<T, float>::value && use_avx2();
+    const Isa isa = simd_isa<T>();
     const std::int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR), kc_max = std::min(KC, K);
     const std::int64_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
     // packed panels start on a cache line, so each k-row of a B sliver (16 floats = 64 bytes) is one line
@@ -299,16 +300,8 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
                         const T* tile_bias = bias && overwrite ? bias + j : nullptr;
                         for (std::int64_t ir = 0; ir < m_slivers; ++ir) {
                             const std::int64_t i = ic + ir * MR, rows = std::min(MR, M - i);
-                            micro_kernel(simd, kc, packed_a.data() + ir * kc * MR, bp, acc);
-#if MINILLM_X86
-                            if constexpr (std::is_same<T, float>::value) {
-                                if (simd && rows == MR && cols == NR) {
-                                    write_full_tile_avx2(acc, C + i * N + j, N, overwrite, tile_bias);
-                                    continue;
-                                }
-                            }
-#endif
-                            write_tile(acc, C + i * N + j, N, rows, cols, overwrite, tile_bias);
+                            micro_kernel(isa, kc, packed_a.data() + ir * kc * MR, bp, acc);
+                            store_tile(isa, acc, C + i * N + j, N, rows, cols, overwrite, tile_bias);
                         }
                     }
                     // the implicit barrier: no thread repacks A while another still reads it
@@ -318,9 +311,62 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
     }
 }
 
-template void gemm<float>(const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t, bool, bool,
-                          bool, const float*);
-template void gemm<double>(const double*, const double*, double*, std::int64_t, std::int64_t, std::int64_t, bool,
-                           bool, bool, const double*);
+// ---- binding
+
+static bool overlaps(const py::array& x, const py::array& y) {
+    const char* x0 = static_cast<const char*>(x.data());
+    const char* y0 = static_cast<const char*>(y.data());
+    return x.nbytes() && y.nbytes() && x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+static py::array py_matmul(const py::array& a, const py::array& b, bool trans_a, bool trans_b, const py::object& out,
+                           bool accumulate, const py::object& bias) {
+    const Check check("matmul");
+    check.floating("a", a);
+    check.floating("b", b);
+    check.ndim("a", a, 2);
+    check.ndim("b", b, 2);
+    check.same_dtype("a", a, "b", b);
+    const std::int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+    const std::int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+    if (K != Kb)
+        check.fail("op(a) is (" + std::to_string(M) + ", " + std::to_string(K) + ") but op(b) is (" +
+                   std::to_string(Kb) + ", " + std::to_string(N) + "); the inner dimensions must match (a " +
+                   shape_str(a) + ", b " + shape_str(b) + ", trans_a " + (trans_a ? "True" : "False") +
+                   ", trans_b " + (trans_b ? "True" : "False") + ")");
+    py::array c;
+    if (!check.optional("out", out, c)) {
+        if (accumulate) check.fail("accumulate=True needs out= to add into");
+        c = empty_like(a, {M, N});
+    } else {
+        check.floating("out", c);
+        check.shape("out", c, {M, N});
+        check.dtype_of("out", c, "a", a);
+        if (!c.writeable()) check.fail("out is read-only");
+        if (overlaps(c, a) || overlaps(c, b)) check.fail("out must not overlap a or b");
+    }
+    py::array bias_array;
+    const bool has_bias = check.optional("bias", bias, bias_array);
+    if (has_bias) {
+        check.floating("bias", bias_array);
+        check.shape("bias", bias_array, {N});
+        check.dtype_of("bias", bias_array, "a", a);
+    }
+    dispatch_float(a, [&](auto zero) {
+        using T = decltype(zero);
+        const T *ap = data<T>(a), *bp = data<T>(b), *biasp = has_bias ? data<T>(bias_array) : nullptr;
+        T* cp = mutable_data<T>(c);
+        py::gil_scoped_release release;
+        gemm(ap, bp, cp, M, N, K, trans_a, trans_b, accumulate, biasp);
+    });
+    return c;
+}
+
+void bind_gemm(py::module_& m) {
+    m.def("matmul", &py_matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+          py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("bias") = py::none(),
+          "C = op(a) op(b) (+ out when accumulate) (+ bias on every row); op transposes when trans_* is set. "
+          "2-D, C-contiguous float32/float64.");
+}
 
 }  // namespace minillm

@@ -7,19 +7,24 @@
 //
 // Loops: the output is cut into tiles of kTileM rows of x by kTileN rows of W (both fit in L2), and
 // OpenMP shares out the tiles. Inside a tile each weight row is unpacked once per group and used
-// for up to 4 rows of x at a time.
+// for up to 4 rows of x at a time. The activations are quantized first (quant_activations.cpp).
+// Bindings at the bottom: quantize_activations, quant_matmul.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "kernels.h"
+#include "binding.h"
+#include "quant.h"
 #include "simd.h"
 
 namespace minillm {
+
+enum class QuantScheme : int { int8 = 0, q8_0 = 1, q4_0 = 2, q4_1 = 3 };   // the binding's scheme ids
+
 namespace {
 
-constexpr std::int64_t kGroup = 32;
+constexpr std::int64_t kGroup = kQuantGroup;
 constexpr std::int64_t kTileM = 64, kTileN = 64;
 
 struct QuantArgs {
@@ -32,60 +37,6 @@ struct QuantArgs {
     const float* wm;        // (N, G) for q4_1
     std::int64_t M, N, K, G;
 };
-
-// ---- activations: x -> xq, xd, xs per group of 32 (the last group may be shorter)
-
-void quantize_row_scalar(const float* x, std::int64_t K, std::int8_t* xq, float* xd, float* xs) {
-    for (std::int64_t g0 = 0, g = 0; g0 < K; g0 += kGroup, ++g) {
-        const std::int64_t n = std::min(kGroup, K - g0);
-        float amax = 0.0f;
-        for (std::int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[g0 + i]));
-        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        std::int32_t sum = 0;
-        for (std::int64_t i = 0; i < n; ++i) {
-            float v = std::nearbyint(x[g0 + i] * id);
-            v = std::min(127.0f, std::max(-127.0f, v));
-            xq[g0 + i] = static_cast<std::int8_t>(v);
-            sum += static_cast<std::int32_t>(v);
-        }
-        xd[g] = d;
-        xs[g] = d * static_cast<float>(sum);
-    }
-}
-
-#if MINILLM_X86
-MINILLM_AVX2 void quantize_row_avx2(const float* x, std::int64_t K, std::int8_t* xq, float* xd, float* xs) {
-    const std::int64_t full = K / kGroup;
-    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (std::int64_t g = 0; g < full; ++g) {
-        const float* p = x + g * kGroup;
-        __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
-        __m256 v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1)),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
-        const float d = hmax(m) / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        const __m256 vid = _mm256_set1_ps(id);
-        const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        // |x * id| <= 127 up to rounding, and round(127.00001) = 127, so no clamp is needed
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vid), mode));
-        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vid), mode));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vid), mode));
-        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vid), mode));
-        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-        s = _mm_hadd_epi32(s, s);
-        s = _mm_hadd_epi32(s, s);
-        // pack 32 int32 -> 32 int8; packs interleave 128-bit lanes, the permute restores the order
-        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + g * kGroup), _mm256_permutevar8x32_epi32(packed, perm));
-        xd[g] = d;
-        xs[g] = d * static_cast<float>(_mm_cvtsi128_si32(s));
-    }
-    if (full * kGroup < K)
-        quantize_row_scalar(x + full * kGroup, K - full * kGroup, xq + full * kGroup, xd + full, xs + full);
-}
-#endif
 
 // ---- one weight row against up to 4 rows of x:  out[r] = sum_g (scale_g * idot_g [+ m_g xs_g])
 
@@ -239,24 +190,21 @@ MINILLM_AVX2 void dot_4_weight_rows_avx2(const QuantArgs& a, std::int64_t m, std
 #endif
 
 template <QuantScheme S, int R>
-void dot_rows(const QuantArgs& a, bool avx2, std::int64_t m, std::int64_t n, float* out) {
-#if MINILLM_X86
-    if (avx2) return dot_rows_avx2<S, R>(a, m, n, out);
-#endif
-    (void)avx2;
+void dot_rows(const QuantArgs& a, Isa isa, std::int64_t m, std::int64_t n, float* out) {
+    MINILLM_USE_AVX2(float, isa, (dot_rows_avx2<S, R>(a, m, n, out)));
     dot_rows_scalar<S, R>(a, m, n, out);
 }
 
 // All outputs of one (kTileM x kTileN) tile, 4 rows of x at a time.
 template <QuantScheme S>
-void quant_tile(const QuantArgs& a, bool avx2, std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1,
+void quant_tile(const QuantArgs& a, Isa isa, std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1,
                 const float* bias, float* y) {
     float out[4];
     for (std::int64_t m = m0; m < m1; m += 4) {
         const std::int64_t rows = std::min<std::int64_t>(4, m1 - m);
         std::int64_t n = n0;
 #if MINILLM_X86
-        if (rows == 1 && avx2) {   // a single row of x (decode): four weight rows at a time
+        if (rows == 1 && isa >= Isa::avx2) {   // a single row of x (decode): four weight rows at a time
             for (; n + 4 <= n1; n += 4) {
                 dot_4_weight_rows_avx2<S>(a, m, n, out);
                 for (int j = 0; j < 4; ++j) y[m * a.N + n + j] = out[j] + (bias ? bias[n + j] : 0.0f);
@@ -265,10 +213,10 @@ void quant_tile(const QuantArgs& a, bool avx2, std::int64_t m0, std::int64_t m1,
 #endif
         for (; n < n1; ++n) {
             switch (rows) {
-                case 4: dot_rows<S, 4>(a, avx2, m, n, out); break;
-                case 3: dot_rows<S, 3>(a, avx2, m, n, out); break;
-                case 2: dot_rows<S, 2>(a, avx2, m, n, out); break;
-                default: dot_rows<S, 1>(a, avx2, m, n, out); break;
+                case 4: dot_rows<S, 4>(a, isa, m, n, out); break;
+                case 3: dot_rows<S, 3>(a, isa, m, n, out); break;
+                case 2: dot_rows<S, 2>(a, isa, m, n, out); break;
+                default: dot_rows<S, 1>(a, isa, m, n, out); break;
             }
             const float b = bias ? bias[n] : 0.0f;
             for (std::int64_t r = 0; r < rows; ++r) y[(m + r) * a.N + n] = out[r] + b;
@@ -278,7 +226,7 @@ void quant_tile(const QuantArgs& a, bool avx2, std::int64_t m0, std::int64_t m1,
 
 template <QuantScheme S>
 void quant_tiles(const QuantArgs& a, const float* bias, float* y) {
-    const bool avx2 = use_avx2();
+    const Isa isa = active_isa();
     const std::int64_t tiles_m = (a.M + kTileM - 1) / kTileM, tiles_n = (a.N + kTileN - 1) / kTileN;
     const std::int64_t tiles = tiles_m * tiles_n;
     // tiles in n-major order within each m block, so neighbouring threads share rows of x
@@ -287,30 +235,12 @@ void quant_tiles(const QuantArgs& a, const float* bias, float* y) {
 #endif
     for (std::int64_t t = 0; t < tiles; ++t) {
         const std::int64_t tm = t / tiles_n, tn = t % tiles_n;
-        quant_tile<S>(a, avx2, tm * kTileM, std::min(a.M, (tm + 1) * kTileM), tn * kTileN,
+        quant_tile<S>(a, isa, tm * kTileM, std::min(a.M, (tm + 1) * kTileM), tn * kTileN,
                       std::min(a.N, (tn + 1) * kTileN), bias, y);
     }
 }
 
 }  // namespace
-
-void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::int8_t* xq, float* xd, float* xs) {
-    const std::int64_t G = (K + kGroup - 1) / kGroup;
-    const bool avx2 = use_avx2();
-#if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(static) if (M * K >= kParallelThreshold)
-#endif
-    for (std::int64_t m = 0; m < M; ++m) {
-#if MINILLM_X86
-        if (avx2) {
-            quantize_row_avx2(x + m * K, K, xq + m * K, xd + m * G, xs + m * G);
-            continue;
-        }
-#endif
-        quantize_row_scalar(x + m * K, K, xq + m * K, xd + m * G, xs + m * G);
-    }
-    (void)avx2;
-}
 
 void quant_matmul(QuantScheme scheme, const float* x, std::int64_t M, std::int64_t K, const std::uint8_t* wq,
                   const float* wd, const float* wm, const float* bias, std::int64_t N, float* y) {
@@ -325,6 +255,78 @@ void quant_matmul(QuantScheme scheme, const float* x, std::int64_t M, std::int64
         case QuantScheme::q4_0: quant_tiles<QuantScheme::q4_0>(a, bias, y); break;
         case QuantScheme::q4_1: quant_tiles<QuantScheme::q4_1>(a, bias, y); break;
     }
+}
+
+// ---- bindings
+
+static py::tuple py_quantize_activations(const py::array& x) {
+    const Check check("quantize_activations");
+    check.typed<float>("x", x, 2, "float32");
+    const std::int64_t M = x.shape(0), K = x.shape(1), G = (K + kGroup - 1) / kGroup;
+    py::array_t<std::int8_t> xq({M, K});
+    py::array_t<float> xd({M, G}), xs({M, G});
+    const float* xp = data<float>(x);
+    std::int8_t* xqp = xq.mutable_data();
+    float *xdp = xd.mutable_data(), *xsp = xs.mutable_data();
+    {
+        py::gil_scoped_release release;
+        quantize_activations(xp, M, K, xqp, xdp, xsp);
+    }
+    return py::make_tuple(xq, xd, xs);
+}
+
+// x (M, K) float32; q (N, K) int8, or (N, K/2) uint8 for q4_*; scale (N,) for int8, else (N, K/32);
+// min (N, K/32) for q4_1 only; bias None or (N,).
+static py::array py_quant_matmul(const py::array& x, int scheme_id, const py::array& q, const py::array& scale,
+                                 const py::object& min, const py::object& bias) {
+    const Check check("quant_matmul");
+    if (scheme_id < 0 || scheme_id > 3) check.fail("scheme must be 0..3 (int8, q8_0, q4_0, q4_1)");
+    const auto scheme = static_cast<QuantScheme>(scheme_id);
+    const bool int4 = scheme == QuantScheme::q4_0 || scheme == QuantScheme::q4_1;
+    check.typed<float>("x", x, 2, "float32");
+    if (int4) check.typed<std::uint8_t>("q", q, 2, "uint8 (two 4-bit values per byte)");
+    else check.typed<std::int8_t>("q", q, 2, "int8");
+    const std::int64_t M = x.shape(0), K = x.shape(1), N = q.shape(0);
+    if (K < 1) check.fail("x must have at least one column");
+    if (scheme != QuantScheme::int8 && K % kGroup)
+        check.fail("x has " + std::to_string(K) + " columns; group-wise schemes need a multiple of 32");
+    check.shape("q", q, {N, int4 ? K / 2 : K});
+    const bool per_channel = scheme == QuantScheme::int8;
+    check.typed<float>("scale", scale, per_channel ? 1 : 2, "float32");
+    if (per_channel) check.shape("scale", scale, {N});
+    else check.shape("scale", scale, {N, K / kGroup});
+    py::array min_array, bias_array;
+    const bool has_min = check.optional("min", min, min_array);
+    if (scheme == QuantScheme::q4_1 && !has_min) check.fail("q4_1 needs min");
+    if (scheme != QuantScheme::q4_1 && has_min) check.fail("min is only for q4_1");
+    if (has_min) {
+        check.typed<float>("min", min_array, 2, "float32");
+        check.shape("min", min_array, {N, K / kGroup});
+    }
+    const bool has_bias = check.optional("bias", bias, bias_array);
+    if (has_bias) {
+        check.typed<float>("bias", bias_array, 1, "float32");
+        check.shape("bias", bias_array, {N});
+    }
+    py::array_t<float> y({M, N});
+    const float *xp = data<float>(x), *sp = data<float>(scale);
+    const auto* qp = data<std::uint8_t>(q);
+    const float* mp = has_min ? data<float>(min_array) : nullptr;
+    const float* bp = has_bias ? data<float>(bias_array) : nullptr;
+    float* yp = y.mutable_data();
+    {
+        py::gil_scoped_release release;
+        if (M && N) quant_matmul(scheme, xp, M, K, qp, sp, mp, bp, N, yp);
+    }
+    return y;
+}
+
+void bind_quant(py::module_& m) {
+    m.def("quantize_activations", &py_quantize_activations, py::arg("x"),
+          "x (M, K) float32 -> (xq int8 (M, K), xd (M, G), xs (M, G)): int8 per group of 32 (Q8_0).");
+    m.def("quant_matmul", &py_quant_matmul, py::arg("x"), py::arg("scheme"), py::arg("q"), py::arg("scale"),
+          py::arg("min") = py::none(), py::arg("bias") = py::none(),
+          "y (M, N) = x W^T [+ bias] on quantized W; scheme 0..3 = int8, q8_0, q4_0, q4_1.");
 }
 
 }  // namespace minillm

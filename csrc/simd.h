@@ -1,11 +1,26 @@
-// Shared helpers for the native kernels: run-time CPU feature detection and AVX2/FMA
-// building blocks. Every SIMD kernel has a scalar twin that it must equal; the SIMD
-// version is compiled per function with __attribute__((target("avx2,fma"))) so the
-// library builds and runs on any x86-64 (and on ARM, where only the scalar code exists).
+// SIMD dispatch for every kernel family: the instruction sets a kernel may use, which one runs
+// now, and the AVX2/FMA building blocks the kernels share.
+//
+// The dispatch idiom. A kernel has a scalar twin (float64 always takes it, float32 too when
+// forced) and, for float32, one version per instruction set it was written for, compiled per
+// function with a target attribute (MINILLM_AVX2) so one build runs on any x86-64; on other
+// CPUs only the scalar code exists. The driver reads the level once, `const Isa isa =
+// simd_isa<T>();`, and a small dispatch function picks the version, best first:
+//
+//     template <typename T>
+//     void softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
+//         MINILLM_USE_AVX2(T, isa, softmax_row_avx2(x, y, n));   // returns when it ran
+//         softmax_row_scalar(x, y, n);
+//     }
+//
+// A new instruction set adds an Isa value (in order: a higher one implies the lower ones), its
+// detection in cpu.cpp, a MINILLM_<ISA> target attribute and a MINILLM_USE_<ISA> line above
+// the AVX2 one in the kernels that have such a version; the others keep running their best.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define MINILLM_X86 1
@@ -21,12 +36,37 @@
 
 namespace minillm {
 
-// True when the CPU has AVX2 and FMA and the scalar path has not been forced.
-bool use_avx2();
-// Force the portable scalar path (tests use it to hold both paths equal).
+// Instruction sets in increasing order; each implies the ones below it.
+enum class Isa : int {
+    scalar = 0,   // portable C++
+    avx2 = 1,     // AVX2 + FMA (x86-64)
+};
+
+// The best instruction set this CPU (and its OS) supports, ignoring force_scalar.
+Isa cpu_isa();
+// What the kernels use now: cpu_isa(), or Isa::scalar while the scalar path is forced.
+Isa active_isa();
+// Force the portable scalar path (tests use it to hold every version equal to its twin).
 void force_scalar(bool on);
-// "avx2+fma" or "scalar": what use_avx2() would pick on this CPU, ignoring force_scalar.
-const char* cpu_simd();
+// "scalar" or "avx2+fma".
+const char* isa_name(Isa isa);
+
+// The level a kernel on T runs at now: the SIMD versions are float32 only; float64 is scalar.
+template <typename T>
+inline Isa simd_isa() {
+    return std::is_same<T, float>::value ? active_isa() : Isa::scalar;
+}
+
+// In a function on T (a template parameter, or float itself): `return call;` when T is float and
+// `isa` allows AVX2, else nothing (the line vanishes on CPUs without AVX2 code).
+#if MINILLM_X86
+#define MINILLM_USE_AVX2(T, isa, call)                             \
+    if constexpr (std::is_same<T, float>::value) {                 \
+        if ((isa) >= ::minillm::Isa::avx2) return call;            \
+    }
+#else
+#define MINILLM_USE_AVX2(T, isa, call) (void)(isa);
+#endif
 
 // Below this many elements of work a parallel region costs more than it saves.
 constexpr std::int64_t kParallelThreshold = 1 << 15;
@@ -79,6 +119,29 @@ MINILLM_AVX2 inline __m256 exp256(__m256 x) {
     __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, pow_a), pow_b);
     y = _mm256_andnot_ps(under, y);
     return _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), over);
+}
+
+// exp(x) for x <= 0: the softmax family only exponentiates x - max(x) and log-probabilities. It is
+// exp256 (same polynomial, same accuracy) without the overflow branch, and since the clamp at
+// -87.34 keeps n = round(x / ln2) in [-126, 0], 2^n is built in one step. Below -87.34 gives 0;
+// NaN stays NaN (max_ps returns its second operand when one is NaN).
+MINILLM_AVX2 inline __m256 exp256_nonpos(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3365f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);   // r = x - n ln2 (Cody-Waite)
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 #endif
 

@@ -2,11 +2,13 @@
 //   softmax:      y = exp(x - m) / sum(exp(x - m)),  m = max(x);   dx = y * (dy - sum(dy * y))
 //   log-softmax:  y = (x - m) - log(sum(exp(x - m)));               dx = dy - exp(y) * sum(dy)
 // The scalar functions are the obviously-right twins of the AVX2 ones; OpenMP runs over rows.
+// Bindings at the bottom: softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward.
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
-#include "rowwise.h"
+#include "binding.h"
+#include "parallel.h"
+#include "simd.h"
 
 namespace minillm {
 
@@ -142,65 +144,117 @@ MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const fl
 }
 #endif
 
+// ---- dispatch: the best version for T on this CPU, one row at a time
+
+template <typename T>
+static void softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, softmax_row_avx2(x, y, n));
+    softmax_row_scalar(x, y, n);
+}
+
+template <typename T>
+static void softmax_backward_row(Isa isa, const T* dy, const T* y, T* dx, std::int64_t n, bool stream) {
+    MINILLM_USE_AVX2(T, isa, softmax_backward_row_avx2(dy, y, dx, n, stream));
+    (void)stream;   // only the SIMD version streams its stores
+    softmax_backward_row_scalar(dy, y, dx, n);
+}
+
+template <typename T>
+static void log_softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX2(T, isa, log_softmax_row_avx2(x, y, n));
+    log_softmax_row_scalar(x, y, n);
+}
+
+template <typename T>
+static void log_softmax_backward_row(Isa isa, const T* dy, const T* y, T* dx, std::int64_t n, bool stream) {
+    MINILLM_USE_AVX2(T, isa, log_softmax_backward_row_avx2(dy, y, dx, n, stream));
+    (void)stream;
+    log_softmax_backward_row_scalar(dy, y, dx, n);
+}
+
+// ---- kernels on (rows, n) arrays, OpenMP over rows
+
 template <typename T>
 void softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    parallel_rows(rows, n, [&](std::int64_t r) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return softmax_row_avx2(x + r * n, y + r * n, n);
-#endif
-        softmax_row_scalar(x + r * n, y + r * n, n);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    parallel_rows(rows, n, [&](std::int64_t r) { softmax_row(isa, x + r * n, y + r * n, n); });
 }
 
 template <typename T>
 void softmax_backward(const T* dy, const T* y, T* dx, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>(), stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
+    const Isa isa = simd_isa<T>();
+    const bool stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
     parallel_rows(rows, n, [&](std::int64_t r) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n, stream);
-#endif
-        softmax_backward_row_scalar(dy + r * n, y + r * n, dx + r * n, n);
+        softmax_backward_row(isa, dy + r * n, y + r * n, dx + r * n, n, stream);
     });
-    (void)simd, (void)stream;
 }
 
 template <typename T>
 void log_softmax_forward(const T* x, T* y, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>();
-    parallel_rows(rows, n, [&](std::int64_t r) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return log_softmax_row_avx2(x + r * n, y + r * n, n);
-#endif
-        log_softmax_row_scalar(x + r * n, y + r * n, n);
-    });
-    (void)simd;
+    const Isa isa = simd_isa<T>();
+    parallel_rows(rows, n, [&](std::int64_t r) { log_softmax_row(isa, x + r * n, y + r * n, n); });
 }
 
 template <typename T>
 void log_softmax_backward(const T* dy, const T* y, T* dx, std::int64_t rows, std::int64_t n) {
-    const bool simd = simd_path<T>(), stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
+    const Isa isa = simd_isa<T>();
+    const bool stream = rows * n * std::int64_t(sizeof(T)) >= kStreamBytes;
     parallel_rows(rows, n, [&](std::int64_t r) {
-#if MINILLM_X86
-        if constexpr (std::is_same<T, float>::value)
-            if (simd) return log_softmax_backward_row_avx2(dy + r * n, y + r * n, dx + r * n, n, stream);
-#endif
-        log_softmax_backward_row_scalar(dy + r * n, y + r * n, dx + r * n, n);
+        log_softmax_backward_row(isa, dy + r * n, y + r * n, dx + r * n, n, stream);
     });
-    (void)simd, (void)stream;
 }
 
-template void softmax_forward<float>(const float*, float*, std::int64_t, std::int64_t);
-template void softmax_forward<double>(const double*, double*, std::int64_t, std::int64_t);
-template void softmax_backward<float>(const float*, const float*, float*, std::int64_t, std::int64_t);
-template void softmax_backward<double>(const double*, const double*, double*, std::int64_t, std::int64_t);
-template void log_softmax_forward<float>(const float*, float*, std::int64_t, std::int64_t);
-template void log_softmax_forward<double>(const double*, double*, std::int64_t, std::int64_t);
-template void log_softmax_backward<float>(const float*, const float*, float*, std::int64_t, std::int64_t);
-template void log_softmax_backward<double>(const double*, const double*, double*, std::int64_t, std::int64_t);
+// ---- bindings: any shape, over the last axis
+
+// A forward y = f(x) over the last axis.
+template <typename Kernel>
+static py::array rowwise_forward(const char* fn, const py::array& x, Kernel kernel) {
+    const Check check(fn);
+    check.floating("x", x);
+    py::array y = empty_like(x);
+    const auto [rows, n] = rows_cols(x);
+    dispatch_float(x, [&](auto zero) {
+        using T = decltype(zero);
+        const T* xp = data<T>(x);
+        T* yp = mutable_data<T>(y);
+        py::gil_scoped_release release;
+        if (rows && n) kernel(xp, yp, rows, n);
+    });
+    return y;
+}
+
+// Its backward dx = f'(dy, y), from the forward's output y.
+template <typename Kernel>
+static py::array rowwise_backward(const char* fn, const py::array& dy, const py::array& y, Kernel kernel) {
+    const Check check(fn);
+    check.floating("dy", dy);
+    check.floating("y", y);
+    check.same_as("dy", dy, "y", y);
+    py::array dx = empty_like(y);
+    const auto [rows, n] = rows_cols(y);
+    dispatch_float(y, [&](auto zero) {
+        using T = decltype(zero);
+        const T *dyp = data<T>(dy), *yp = data<T>(y);
+        T* dxp = mutable_data<T>(dx);
+        py::gil_scoped_release release;
+        if (rows && n) kernel(dyp, yp, dxp, rows, n);
+    });
+    return dx;
+}
+
+void bind_softmax(py::module_& m) {
+    m.def("softmax_forward", [](const py::array& x) {
+        return rowwise_forward("softmax_forward", x, [](auto... a) { softmax_forward(a...); });
+    }, py::arg("x"), "Softmax over the last axis of a C-contiguous float32/float64 array.");
+    m.def("softmax_backward", [](const py::array& dy, const py::array& y) {
+        return rowwise_backward("softmax_backward", dy, y, [](auto... a) { softmax_backward(a...); });
+    }, py::arg("dy"), py::arg("y"), "dx = y * (dy - sum(dy * y, axis=-1)) for y = softmax(x).");
+    m.def("log_softmax_forward", [](const py::array& x) {
+        return rowwise_forward("log_softmax_forward", x, [](auto... a) { log_softmax_forward(a...); });
+    }, py::arg("x"), "y = x - logsumexp(x) over the last axis of a C-contiguous float32/float64 array.");
+    m.def("log_softmax_backward", [](const py::array& dy, const py::array& y) {
+        return rowwise_backward("log_softmax_backward", dy, y, [](auto... a) { log_softmax_backward(a...); });
+    }, py::arg("dy"), py::arg("y"), "dx = dy - exp(y) * sum(dy, axis=-1) for y = log_softmax(x).");
+}
 
 }  // namespace minillm

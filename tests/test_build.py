@@ -31,21 +31,5 @@ def test_set_num_threads_round_trips():
         native._C.set_num_threads(0)
 
 
-
-
-def test_backend_switch_swaps_every_native_kernel_and_back():
-    previous = kernels.get_backend()
-    try:
-        kernels.set_backend("numpy")
-        assert all(getattr(kernels, name) is getattr(reference, name) for name in reference.KERNELS)
-        kernels.set_backend("native")
-        for name in kernels.native_kernels():
-            assert getattr(kernels, name) is native.KERNELS[name]
-        with pytest.raises(ValueError, match="backend must be one of"):
-            kernels.set_backend("cuda")
-    finally:
-        kernels.set_backend(previous)
-
-
 def test_every_native_kernel_has_a_reference_twin():
     assert set(native.KERNELS) <= set(reference.KERNELS)

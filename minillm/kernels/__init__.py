@@ -1,9 +1,14 @@
-"""The kernel backend switch.
+"""The kernel backend switch: one function per kernel, each running the backend in use.
 
-`minillm.kernels.<name>` resolves to the native kernel when the extension is built and has
-it, else to the NumPy reference. `MINILLM_BACKEND=numpy` (or `set_backend("numpy")`) runs
-everything on the references. Callers look names up at call time (`kernels.softmax_forward(x)`),
-so switching takes effect at once.
+Every function below calls the C++ kernel (`native/<family>.py`, a wrapper over `minillm._C`)
+when the native backend is on and the kernel has a C++ version, else the NumPy reference
+(`reference/<family>.py`, which reads like the math and carries the derivation). Both are named
+in the body, so a reader, or an editor's "go to definition", can follow either one.
+
+`MINILLM_BACKEND=numpy` (or `set_backend("numpy")`) runs everything on the references; the
+default is "native" when the extension is built. Callers look the functions up at call time
+(`kernels.softmax_forward(x)`), and each one reads the backend when it runs, so switching takes
+effect at once; the switch costs one plain Python call per kernel.
 """
 import os
 
@@ -11,20 +16,17 @@ from . import native, reference
 
 BACKENDS = ("native", "numpy")
 _backend = None
+_native = False   # True while the native backend is in use
 
 
 def set_backend(name):
-    """Pick "native" (C++ where available, reference elsewhere) or "numpy" (references only)."""
-    global _backend
+    """Pick "native" (C++ where a kernel has it, the reference elsewhere) or "numpy" (references only)."""
+    global _backend, _native
     if name not in BACKENDS:
         raise ValueError(f"set_backend: backend must be one of {BACKENDS}, got {name!r}")
     if name == "native" and not native.AVAILABLE:
         raise RuntimeError(f"set_backend: the native extension minillm._C is not built ({native.IMPORT_ERROR})")
-    for kernel in reference.KERNELS:
-        globals()[kernel] = getattr(reference, kernel)
-    if name == "native":
-        globals().update(native.KERNELS)
-    _backend = name
+    _backend, _native = name, name == "native"
 
 
 def get_backend():
@@ -34,6 +36,229 @@ def get_backend():
 def native_kernels():
     """Names of the kernels the native backend runs in C++ (the rest use the reference)."""
     return sorted(native.KERNELS)
+
+
+# ---- linear and embedding
+
+def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """C = op(a) op(b), written into out or (accumulate) added to it. 2-D arrays."""
+    if _native:
+        return native.linear.matmul(a, b, trans_a, trans_b, out, accumulate)
+    return reference.linear.matmul(a, b, trans_a, trans_b, out, accumulate)
+
+
+def linear_forward(x, w, b=None):
+    """y = x W^T + b.  x: (..., in), w: (out, in), b: (out,) or None."""
+    if _native:
+        return native.linear.linear_forward(x, w, b)
+    return reference.linear.linear_forward(x, w, b)
+
+
+def linear_backward(dy, x, w, has_bias=True):
+    """(dx, dw, db) of linear_forward; db is None without a bias."""
+    if _native:
+        return native.linear.linear_backward(dy, x, w, has_bias)
+    return reference.linear.linear_backward(dy, x, w, has_bias)
+
+
+def embedding_forward(ids, weight):
+    """y = weight[ids] (NumPy on both backends)."""
+    return reference.linear.embedding_forward(ids, weight)
+
+
+def embedding_backward(dy, ids, num_embeddings):
+    """dweight (num_embeddings, C): dy summed into the rows ids name (NumPy on both backends)."""
+    return reference.linear.embedding_backward(dy, ids, num_embeddings)
+
+
+# ---- norms
+
+def rms_norm_forward(x, weight, eps):
+    """(y, inv_rms): y = x * inv_rms * weight, inv_rms = 1 / sqrt(mean(x^2, -1) + eps)."""
+    if _native:
+        return native.norm.rms_norm_forward(x, weight, eps)
+    return reference.norm.rms_norm_forward(x, weight, eps)
+
+
+def rms_norm_backward(dy, x, weight, inv_rms):
+    """(dx, dweight) of rms_norm_forward."""
+    if _native:
+        return native.norm.rms_norm_backward(dy, x, weight, inv_rms)
+    return reference.norm.rms_norm_backward(dy, x, weight, inv_rms)
+
+
+def layer_norm_forward(x, weight, bias, eps):
+    """(y, x_hat, inv_std): y = x_hat * weight + bias, x_hat = (x - mean) * inv_std over the last axis."""
+    if _native:
+        return native.norm.layer_norm_forward(x, weight, bias, eps)
+    return reference.norm.layer_norm_forward(x, weight, bias, eps)
+
+
+def layer_norm_backward(dy, x_hat, weight, inv_std):
+    """(dx, dweight, dbias) of layer_norm_forward."""
+    if _native:
+        return native.norm.layer_norm_backward(dy, x_hat, weight, inv_std)
+    return reference.norm.layer_norm_backward(dy, x_hat, weight, inv_std)
+
+
+# ---- activations, the SwiGLU feed-forward, dropout
+
+def gelu_forward(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if _native:
+        return native.activation.gelu_forward(x)
+    return reference.activation.gelu_forward(x)
+
+
+def gelu_backward(dy, x):
+    """dx = dy * gelu'(x)."""
+    if _native:
+        return native.activation.gelu_backward(dy, x)
+    return reference.activation.gelu_backward(dy, x)
+
+
+def silu_forward(x):
+    """SiLU: y = x * sigmoid(x)."""
+    if _native:
+        return native.activation.silu_forward(x)
+    return reference.activation.silu_forward(x)
+
+
+def silu_backward(dy, x):
+    """dx = dy * sigmoid(x) (1 + x (1 - sigmoid(x)))."""
+    if _native:
+        return native.activation.silu_backward(dy, x)
+    return reference.activation.silu_backward(dy, x)
+
+
+def swiglu_forward(x, w_gate, w_up, w_down):
+    """(y, a, b, h): y = h W_down^T, h = silu(a) * b, a = x W_gate^T, b = x W_up^T."""
+    if _native:
+        return native.linear.swiglu_forward(x, w_gate, w_up, w_down)
+    return reference.activation.swiglu_forward(x, w_gate, w_up, w_down)
+
+
+def swiglu_backward(dy, x, w_gate, w_up, w_down, a, b, h):
+    """(dx, dw_gate, dw_up, dw_down) of swiglu_forward, from its saved a, b, h."""
+    if _native:
+        return native.linear.swiglu_backward(dy, x, w_gate, w_up, w_down, a, b, h)
+    return reference.activation.swiglu_backward(dy, x, w_gate, w_up, w_down, a, b, h)
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout: (y, scale) with y = x * scale, scale = mask / (1 - p) (NumPy on both backends)."""
+    return reference.activation.dropout_forward(x, p, rng)
+
+
+def dropout_backward(dy, scale):
+    """dx = dy * scale (NumPy on both backends)."""
+    return reference.activation.dropout_backward(dy, scale)
+
+
+# ---- softmax, log-softmax, cross-entropy
+
+def softmax_forward(x):
+    """Softmax over the last axis."""
+    if _native:
+        return native.softmax.softmax_forward(x)
+    return reference.softmax.softmax_forward(x)
+
+
+def softmax_backward(dy, y):
+    """dx = y * (dy - sum(dy * y, axis=-1)) for y = softmax(x)."""
+    if _native:
+        return native.softmax.softmax_backward(dy, y)
+    return reference.softmax.softmax_backward(dy, y)
+
+
+def log_softmax_forward(x):
+    """y = x - logsumexp(x) over the last axis."""
+    if _native:
+        return native.softmax.log_softmax_forward(x)
+    return reference.softmax.log_softmax_forward(x)
+
+
+def log_softmax_backward(dy, y):
+    """dx = dy - exp(y) * sum(dy, axis=-1) for y = log_softmax(x)."""
+    if _native:
+        return native.softmax.log_softmax_backward(dy, y)
+    return reference.softmax.log_softmax_backward(dy, y)
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100, reduction="mean"):
+    """(loss, state): loss_n = logsumexp(logits_n) - logits_n[targets_n], reduced; state for the backward."""
+    if _native:
+        return native.softmax.cross_entropy_forward(logits, targets, ignore_index, reduction)
+    return reference.softmax.cross_entropy_forward(logits, targets, ignore_index, reduction)
+
+
+def cross_entropy_backward(dloss, state, targets, ignore_index=-100, reduction="mean"):
+    """dlogits from the forward's state (the probabilities in NumPy; softmax - onehot in C++)."""
+    if _native:
+        return native.softmax.cross_entropy_backward(dloss, state, targets, ignore_index, reduction)
+    return reference.softmax.cross_entropy_backward(dloss, state, targets, ignore_index, reduction)
+
+
+# ---- rotary positions (NumPy on both backends)
+
+def rope_angles(positions, head_dim, theta, dtype):
+    """(cos, sin) of the rotation angles, each (..., T, head_dim)."""
+    return reference.rope.rope_angles(positions, head_dim, theta, dtype)
+
+
+def rope_forward(x, cos, sin):
+    """y = x * cos + rotate_half(x) * sin."""
+    return reference.rope.rope_forward(x, cos, sin)
+
+
+def rope_backward(dy, cos, sin):
+    """dx: the rotation back, dy * cos + rotate_half^T(dy * sin)."""
+    return reference.rope.rope_backward(dy, cos, sin)
+
+
+# ---- attention
+
+def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None):
+    """(out, lse): out = softmax(q k^T / sqrt(D) + bias + mask) v, lse its log-sum-exp per query row."""
+    if _native:
+        return native.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
+    return reference.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
+
+
+def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_slopes=None,
+                       key_padding_mask=None):
+    """(dq, dk, dv) of attention_forward, from its out and lse."""
+    if _native:
+        return native.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
+                                                   key_padding_mask)
+    return reference.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
+                                                  key_padding_mask)
+
+
+# ---- quantization
+
+def quantize_weights(w, scheme):
+    """w (N, K) -> {"q", "scale"[, "min"]} in the scheme's layout (NumPy on both backends: it runs once)."""
+    return reference.quant.quantize_weights(w, scheme)
+
+
+def dequantize_weights(scheme, q, scale, min=None):
+    """The float32 (N, K) matrix that quantized weights stand for (NumPy on both backends)."""
+    return reference.quant.dequantize_weights(scheme, q, scale, min)
+
+
+def quantize_activations(x):
+    """x (M, K) float32 -> (xq int8 (M, K), xd (M, G), xs (M, G)), per group of 32 (Q8_0)."""
+    if _native:
+        return native.quant.quantize_activations(x)
+    return reference.quant.quantize_activations(x)
+
+
+def quant_matmul(x, scheme, q, scale, min=None, bias=None):
+    """y (M, N) = x W^T (+ bias) on quantized W."""
+    if _native:
+        return native.quant.quant_matmul(x, scheme, q, scale, min, bias)
+    return reference.quant.quant_matmul(x, scheme, q, scale, min, bias)
 
 
 _requested = os.environ.get("MINILLM_BACKEND", "native" if native.AVAILABLE else "numpy").lower()

@@ -13,7 +13,7 @@ times, join the most frequent adjacent pair of ids everywhere (ties: lowest (a, 
 a new token. If the joined bytes are already a token (two paths to the same bytes), the pair is
 joined into that token and no new one is made, so every token's bytes are distinct.
 
-The functions named *_reference below are the readable definitions; csrc/bpe.cpp does the
+The functions named *_reference below are the readable definitions; csrc/tokenizers/bpe.cpp does the
 same faster, and the tests hold the two equal.
 """
 import base64
@@ -75,7 +75,7 @@ def merge_piece_reference(piece, ranks):
 
 def train_merges_reference(word_counts, n_merges):
     """Merges [(a, b), ...] creating ids 256, 257, ... from {word bytes: count}, recounting
-    every pair before each merge (clear and slow; csrc/bpe.cpp updates the counts instead)."""
+    every pair before each merge (clear and slow; csrc/tokenizers/bpe_train.cpp updates the counts instead)."""
     words = [list(w) for w in word_counts]
     freqs = list(word_counts.values())
     vocab = [bytes([b]) for b in range(256)]
@@ -239,7 +239,7 @@ class BPETokenizer(Tokenizer):
         report = (lambda done: progress(done, n_merges)) if progress else None
         if probe._native is not None:
             merges = native().bpe_train(words=list(words), counts=list(words.values()), n_merges=n_merges,
-                                       progress=report)
+                                        progress=report)
         else:
             merges = train_merges_reference(words, n_merges)
         if progress:

@@ -1,6 +1,7 @@
 """Wrappers over the C++ kernels in `minillm._C`, one module per kernel family, with the same
-names and contracts as the reference kernels. Each module lists the kernels it provides in
-KERNELS; the backend switch uses them and falls back to the reference for the rest.
+names and contracts as the reference kernels. AVAILABLE says whether the extension is built
+(IMPORT_ERROR says why not); KERNELS maps the name of every kernel with a C++ version to its
+wrapper. The backend switch (minillm/kernels/__init__.py) calls these wrappers by name.
 """
 try:
     from ... import _C
@@ -11,10 +12,15 @@ else:
     IMPORT_ERROR = None
 
 AVAILABLE = _C is not None
-KERNELS = {}   # name -> function
 
-if AVAILABLE:
-    from . import activation, attention, linear, norm, quant, softmax
+from . import activation, attention, linear, norm, quant, softmax  # noqa: E402 (they read _C above)
 
-    for _family in (linear, attention, softmax, norm, activation, quant):
-        KERNELS.update({name: getattr(_family, name) for name in _family.KERNELS})
+KERNELS = {kernel.__name__: kernel for kernel in (
+    linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
+    attention.attention_forward, attention.attention_backward,
+    softmax.softmax_forward, softmax.softmax_backward, softmax.log_softmax_forward, softmax.log_softmax_backward,
+    softmax.cross_entropy_forward, softmax.cross_entropy_backward,
+    norm.rms_norm_forward, norm.rms_norm_backward, norm.layer_norm_forward, norm.layer_norm_backward,
+    activation.gelu_forward, activation.gelu_backward, activation.silu_forward, activation.silu_backward,
+    quant.quantize_activations, quant.quant_matmul,
+)} if AVAILABLE else {}

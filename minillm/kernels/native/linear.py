@@ -9,6 +9,7 @@ transposes a layer needs are flags to the GEMM, never copies:
 import numpy as np
 
 from . import _C
+from .activation import silu_backward, silu_forward
 
 
 def _rows(a):
@@ -17,13 +18,13 @@ def _rows(a):
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     """C = op(a) op(b) (see reference.matmul), in C++."""
-    return _C.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a, trans_b, out, accumulate)
+    return _C.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a=trans_a, trans_b=trans_b, out=out,
+                     accumulate=accumulate)
 
 
 def linear_forward(x, w, b=None):
     """y = x W^T + b with the bias added inside the GEMM.  x: (..., in), w: (out, in)."""
-    y = _C.matmul(_rows(x), np.ascontiguousarray(w), False, True, None, False,
-                  None if b is None else np.ascontiguousarray(b))
+    y = _C.matmul(_rows(x), np.ascontiguousarray(w), trans_b=True, bias=None if b is None else np.ascontiguousarray(b))
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -31,33 +32,29 @@ def linear_backward(dy, x, w, has_bias=True):
     """dx = dy W, dW = dy^T x, db = column sums of dy (see reference.linear_backward)."""
     dy2, x2 = _rows(dy), _rows(x)
     w = np.ascontiguousarray(w)
-    dx = _C.matmul(dy2, w, False, False, None, False, None).reshape(x.shape)
-    dw = _C.matmul(dy2, x2, True, False, None, False, None)
+    dx = _C.matmul(dy2, w).reshape(x.shape)
+    dw = _C.matmul(dy2, x2, trans_a=True)
     db = dy2.sum(axis=0) if has_bias else None
     return dx, dw, db
 
 
 def swiglu_forward(x, w_gate, w_up, w_down):
-    """y = (silu(x W_gate^T) * (x W_up^T)) W_down^T; the matmuls in C++, silu through the switch."""
-    from ... import kernels   # the backend switch (minillm.kernels), looked up at call time
+    """y = (silu(x W_gate^T) * (x W_up^T)) W_down^T, all in C++ but the product (see reference.swiglu_forward)."""
     a = linear_forward(x, w_gate)
     b = linear_forward(x, w_up)
-    h = kernels.silu_forward(a) * b
+    h = silu_forward(a) * b
     return linear_forward(h, w_down), a, b, h
 
 
 def swiglu_backward(dy, x, w_gate, w_up, w_down, a, b, h):
     """See reference.swiglu_backward; dx sums both branches by accumulating in the GEMM."""
-    from ... import kernels   # the backend switch (minillm.kernels), looked up at call time
     dh, dw_down, _ = linear_backward(dy, h, w_down, has_bias=False)
-    da = kernels.silu_backward(dh * b, a)
-    db = dh * kernels.silu_forward(a)
+    da = silu_backward(dh * b, a)
+    db = dh * silu_forward(a)
     da2, db2, x2 = _rows(da), _rows(db), _rows(x)
-    dx = _C.matmul(da2, np.ascontiguousarray(w_gate), False, False, None, False, None)
-    _C.matmul(db2, np.ascontiguousarray(w_up), False, False, dx, True, None)          # dx += db W_up
-    dw_gate = _C.matmul(da2, x2, True, False, None, False, None)
-    dw_up = _C.matmul(db2, x2, True, False, None, False, None)
+    dx = _C.matmul(da2, np.ascontiguousarray(w_gate))
+    _C.matmul(db2, np.ascontiguousarray(w_up), out=dx, accumulate=True)          # dx += db W_up
+    dw_gate = _C.matmul(da2, x2, trans_a=True)
+    dw_up = _C.matmul(db2, x2, trans_a=True)
     return dx.reshape(x.shape), dw_gate, dw_up, dw_down
 
-
-KERNELS = ["matmul", "linear_forward", "linear_backward", "swiglu_forward", "swiglu_backward"]

@@ -13,24 +13,22 @@ def rms_norm_forward(x, weight, eps):
 def rms_norm_backward(dy, x, weight, inv_rms):
     """(dx, dweight) (see reference.rms_norm_backward)."""
     x = np.ascontiguousarray(x)
-    return _C.rms_norm_backward(np.ascontiguousarray(dy, dtype=x.dtype), x,
-                                np.ascontiguousarray(weight, dtype=x.dtype),
-                                np.ascontiguousarray(inv_rms, dtype=x.dtype))
+    return _C.rms_norm_backward(dy=np.ascontiguousarray(dy, dtype=x.dtype), x=x,
+                                weight=np.ascontiguousarray(weight, dtype=x.dtype),
+                                inv_rms=np.ascontiguousarray(inv_rms, dtype=x.dtype))
 
 
 def layer_norm_forward(x, weight, bias, eps):
     """y = x_hat * weight + bias; returns y, x_hat and inv_std (..., 1) (see reference.layer_norm_forward)."""
     x = np.ascontiguousarray(x)
-    return _C.layer_norm_forward(x, np.ascontiguousarray(weight, dtype=x.dtype),
-                                 np.ascontiguousarray(bias, dtype=x.dtype), float(eps))
+    return _C.layer_norm_forward(x=x, weight=np.ascontiguousarray(weight, dtype=x.dtype),
+                                 bias=np.ascontiguousarray(bias, dtype=x.dtype), eps=float(eps))
 
 
 def layer_norm_backward(dy, x_hat, weight, inv_std):
     """(dx, dweight, dbias) (see reference.layer_norm_backward)."""
     x_hat = np.ascontiguousarray(x_hat)
-    return _C.layer_norm_backward(np.ascontiguousarray(dy, dtype=x_hat.dtype), x_hat,
-                                  np.ascontiguousarray(weight, dtype=x_hat.dtype),
-                                  np.ascontiguousarray(inv_std, dtype=x_hat.dtype))
+    return _C.layer_norm_backward(dy=np.ascontiguousarray(dy, dtype=x_hat.dtype), x_hat=x_hat,
+                                  weight=np.ascontiguousarray(weight, dtype=x_hat.dtype),
+                                  inv_std=np.ascontiguousarray(inv_std, dtype=x_hat.dtype))
 
-
-KERNELS = ["rms_norm_forward", "rms_norm_backward", "layer_norm_forward", "layer_norm_backward"]

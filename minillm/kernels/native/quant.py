@@ -18,7 +18,6 @@ def quant_matmul(x, scheme, q, scale, min=None, bias=None):
     """y (M, N) = x W^T (+ bias) on quantized W, in C++ (see reference.quant_matmul)."""
     check_scheme(scheme)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    return _C.quant_matmul(np.ascontiguousarray(x, dtype=np.float32), SCHEMES.index(scheme), q, scale, min, bias)
+    return _C.quant_matmul(x=np.ascontiguousarray(x, dtype=np.float32), scheme=SCHEMES.index(scheme), q=q,
+                           scale=scale, min=min, bias=bias)
 
-
-KERNELS = ["quantize_activations", "quant_matmul"]

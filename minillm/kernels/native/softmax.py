@@ -55,6 +55,3 @@ def cross_entropy_backward(dloss, g, targets, ignore_index=-100, reduction="mean
         row_scale = np.full(N, scale, dtype=g.dtype)
     return _C.cross_entropy_backward(g, row_scale)
 
-
-KERNELS = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-           "cross_entropy_forward", "cross_entropy_backward"]

@@ -18,6 +18,7 @@ from .softmax import (
     softmax_backward, softmax_forward,
 )
 
+# Every kernel the backend switch (minillm/kernels/__init__.py) provides; each has a reference here.
 KERNELS = [
     "matmul", "linear_forward", "linear_backward", "embedding_forward", "embedding_backward",
     "rms_norm_forward", "rms_norm_backward", "layer_norm_forward", "layer_norm_backward",

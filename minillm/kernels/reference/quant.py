@@ -158,5 +158,3 @@ def quant_matmul(x, scheme, q, scale, min=None, bias=None):
         y += bias
     return y.astype(np.float32)
 
-
-KERNELS = ["quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul"]

@@ -1,20 +1,22 @@
-// Byte-level BPE: the GPT-2 pre-tokenizer, the encode merge loop and the trainer.
+// Byte-level BPE: the GPT-2 pre-tokenizer and the encode merge loop.
 // Python twin: minillm/tokenizers/bpe.py (the readable reference the tests hold this equal to).
 //
 // Encode: split the text into pre-tokens, then inside each pre-token merge, again and again,
 // the adjacent pair of parts whose concatenation has the lowest rank (leftmost on ties) until
 // no concatenation is a token (tiktoken's rule, so GPT-2's ranks give GPT-2's ids). A pre-token
 // that is itself a token is one lookup; repeated pre-tokens hit a per-call cache.
-//
-// Train: words (pre-token bytes) with their counts; pair counts are kept and updated only for
-// the words that contain the merged pair; the best pair comes from a max-heap with lazy deletion
-// (an entry is stale if its count differs from the current one). Ties: lowest (a, b).
+// The trainer is in bpe_train.cpp. Bindings at the bottom: bpe_set_char_classes, bpe_gpt2_split,
+// bpe_train, BPEEncoder.
+#include "bpe.h"
+
 #include <algorithm>
+#include <memory>
 #include <queue>
 #include <stdexcept>
 
-#include "kernels.h"
-#include "simd.h"
+#include <pybind11/stl.h>   // lists of ids and of merges back to Python
+
+#include "../binding.h"
 
 namespace minillm {
 namespace bpe {
@@ -218,101 +220,134 @@ std::vector<std::int32_t> Encoder::encode_pieces(const std::vector<std::string_v
     return out;
 }
 
-// ---- train ----------------------------------------------------------------------------------
-
-static inline std::uint64_t key(std::int32_t a, std::int32_t b) {
-    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
-}
-
-struct HeapEntry {
-    std::int64_t count;
-    std::int32_t a, b;
-    bool operator<(const HeapEntry& o) const {   // "lower priority than": fewer, or a larger pair
-        if (count != o.count) return count < o.count;
-        if (a != o.a) return a > o.a;
-        return b > o.b;
-    }
-};
-
-std::vector<std::pair<std::int32_t, std::int32_t>> train(const std::vector<std::string>& words,
-                                                         const std::vector<std::int64_t>& counts,
-                                                         std::int64_t n_merges,
-                                                         const std::function<void(std::int64_t)>& progress) {
-    std::vector<std::vector<std::int32_t>> symbols(words.size());
-    std::vector<std::string> token_bytes(256);
-    std::unordered_map<std::string, std::int32_t> token_id;
-    for (int b = 0; b < 256; ++b) token_bytes[b] = std::string(1, static_cast<char>(b)), token_id[token_bytes[b]] = b;
-
-    std::unordered_map<std::uint64_t, std::int64_t> pair_count;
-    std::unordered_map<std::uint64_t, std::vector<std::int32_t>> where;  // pair -> words (may be stale)
-    for (std::size_t w = 0; w < words.size(); ++w) {
-        for (unsigned char c : words[w]) symbols[w].push_back(c);
-        const auto& s = symbols[w];
-        for (std::size_t i = 0; i + 1 < s.size(); ++i) {
-            const auto k = key(s[i], s[i + 1]);
-            pair_count[k] += counts[w];
-            auto& list = where[k];
-            if (list.empty() || list.back() != static_cast<std::int32_t>(w)) list.push_back(static_cast<std::int32_t>(w));
-        }
-    }
-    std::priority_queue<HeapEntry> heap;
-    for (const auto& [k, c] : pair_count)
-        heap.push({c, static_cast<std::int32_t>(k >> 32), static_cast<std::int32_t>(k & 0xFFFFFFFFu)});
-
-    std::vector<std::pair<std::int32_t, std::int32_t>> merges;
-    std::unordered_map<std::uint64_t, std::int64_t> delta;
-    std::vector<std::int32_t> merged;
-    std::size_t reported = 0;
-    while (static_cast<std::int64_t>(merges.size()) < n_merges && !heap.empty()) {
-        const HeapEntry top = heap.top();
-        heap.pop();
-        const auto k = key(top.a, top.b);
-        auto pc = pair_count.find(k);
-        if (pc == pair_count.end() || pc->second != top.count) continue;  // stale entry
-        // The new token, or the existing one with the same bytes (a vocabulary never repeats bytes).
-        const std::string joined = token_bytes[top.a] + token_bytes[top.b];
-        std::int32_t c;
-        auto existing = token_id.find(joined);
-        if (existing != token_id.end()) c = existing->second;
-        else {
-            c = static_cast<std::int32_t>(token_bytes.size());
-            token_bytes.push_back(joined);
-            token_id.emplace(joined, c);
-            merges.emplace_back(top.a, top.b);
-        }
-        std::vector<std::int32_t> list = std::move(where[k]);
-        where.erase(k);
-        std::sort(list.begin(), list.end());
-        list.erase(std::unique(list.begin(), list.end()), list.end());
-        delta.clear();
-        for (std::int32_t w : list) {
-            auto& s = symbols[w];
-            const std::int64_t f = counts[w];
-            merged.clear();
-            for (std::size_t i = 0; i < s.size();) {
-                if (i + 1 < s.size() && s[i] == top.a && s[i + 1] == top.b) { merged.push_back(c); i += 2; }
-                else merged.push_back(s[i++]);
-            }
-            if (merged.size() == s.size()) continue;  // a stale entry of `where`
-            for (std::size_t i = 0; i + 1 < s.size(); ++i) delta[key(s[i], s[i + 1])] -= f;
-            for (std::size_t i = 0; i + 1 < merged.size(); ++i) {
-                const auto nk = key(merged[i], merged[i + 1]);
-                delta[nk] += f;
-                if (merged[i] == c || merged[i + 1] == c) where[nk].push_back(w);
-            }
-            s.swap(merged);
-        }
-        for (const auto& [dk, d] : delta) {
-            if (d == 0) continue;
-            auto& cnt = pair_count[dk];
-            cnt += d;
-            if (cnt <= 0) pair_count.erase(dk);
-            else heap.push({cnt, static_cast<std::int32_t>(dk >> 32), static_cast<std::int32_t>(dk & 0xFFFFFFFFu)});
-        }
-        if (progress && merges.size() >= reported + 256) progress(static_cast<std::int64_t>(reported = merges.size()));
-    }
-    return merges;
-}
-
 }  // namespace bpe
+
+// ---- bindings. Python str arrives as its UTF-8 bytes; the GIL is released around the merge loops,
+// over copies of the strings of a list (another thread may change the list meanwhile).
+
+static void py_bpe_set_char_classes(const py::array& table) {
+    if (!has_dtype<std::uint8_t>(table) || table.ndim() != 1 || table.shape(0) != 0x110000 ||
+        !(table.flags() & py::array::c_style))
+        Check("bpe_set_char_classes").fail("table must be a contiguous uint8 array of shape (1114112,)");
+    bpe::set_char_classes(data<std::uint8_t>(table), 0x110000);
+}
+
+static void check_classes(const Check& check) {
+    if (!bpe::have_char_classes()) check.fail("call bpe_set_char_classes first (minillm.tokenizers does)");
+}
+
+static py::list py_bpe_gpt2_split(const py::str& text) {
+    const Check check("bpe_gpt2_split");
+    check_classes(check);
+    const std::string_view s = check.utf8(text);
+    py::list out;
+    for (auto [start, len] : bpe::gpt2_split(s)) out.append(py::str(s.data() + start, len));
+    return out;
+}
+
+static std::unique_ptr<bpe::Encoder> py_bpe_encoder_new(const py::dict& ranks) {
+    const Check check("BPEEncoder");
+    std::vector<std::pair<std::string, std::int32_t>> tokens;
+    tokens.reserve(ranks.size());
+    for (auto item : ranks) {
+        if (!py::isinstance<py::bytes>(item.first) || !py::isinstance<py::int_>(item.second))
+            check.fail("ranks must map bytes to int");
+        const long long r = item.second.cast<long long>();
+        if (r < 0 || r >= INT32_MAX) check.fail("rank " + std::to_string(r) + " is out of range");
+        tokens.emplace_back(item.first.cast<std::string>(), static_cast<std::int32_t>(r));
+    }
+    try {
+        return std::make_unique<bpe::Encoder>(tokens);
+    } catch (const std::invalid_argument& e) {
+        check.fail(std::string(e.what()) + "; a byte-level vocabulary needs all 256 bytes");
+    }
+}
+
+// The text is the call's own argument, alive until it returns: a view is enough.
+static py::list py_bpe_encode_gpt2(const bpe::Encoder& enc, const py::str& text) {
+    const Check check("BPEEncoder.encode_gpt2");
+    check_classes(check);
+    const std::string_view s = check.utf8(text);
+    std::vector<std::int32_t> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_gpt2(s);
+    }
+    return py::cast(ids);
+}
+
+static py::list py_bpe_encode_gpt2_batch(const bpe::Encoder& enc, const py::list& texts, int num_threads) {
+    const Check check("BPEEncoder.encode_gpt2_batch");
+    check_classes(check);
+    if (num_threads < 1) check.fail("num_threads must be >= 1, got " + std::to_string(num_threads));
+    const std::vector<std::string> copies = check.utf8_strings(texts);
+    const std::vector<std::string_view> views(copies.begin(), copies.end());
+    std::vector<std::vector<std::int32_t>> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_gpt2_batch(views, num_threads);
+    }
+    return py::cast(ids);
+}
+
+static py::list py_bpe_encode_pieces(const bpe::Encoder& enc, const py::list& pieces) {
+    const std::vector<std::string> copies = Check("BPEEncoder.encode_pieces").utf8_strings(pieces);
+    const std::vector<std::string_view> views(copies.begin(), copies.end());
+    std::vector<std::int32_t> ids;
+    {
+        py::gil_scoped_release release;
+        ids = enc.encode_pieces(views);
+    }
+    return py::cast(ids);
+}
+
+static py::list py_bpe_train(const py::list& words, const py::list& counts, std::int64_t n_merges,
+                             py::object progress) {
+    const Check check("bpe_train");
+    if (words.size() != counts.size())
+        check.fail("words and counts must have the same length, got " + std::to_string(words.size()) + " and " +
+                   std::to_string(counts.size()));
+    if (n_merges < 0) check.fail("n_merges must be >= 0, got " + std::to_string(n_merges));
+    if (words.size() >= INT32_MAX) check.fail("too many distinct words");
+    std::vector<std::string> w;
+    std::vector<std::int64_t> c;
+    w.reserve(words.size());
+    c.reserve(words.size());
+    for (std::size_t i = 0; i < words.size(); ++i) {
+        if (!py::isinstance<py::bytes>(words[i])) check.fail("words must be bytes");
+        w.push_back(words[i].cast<std::string>());
+        const long long n = counts[i].cast<long long>();
+        if (n <= 0) check.fail("counts must be positive, got " + std::to_string(n));
+        c.push_back(n);
+    }
+    std::function<void(std::int64_t)> report;
+    if (!progress.is_none())
+        report = [&progress](std::int64_t done) {
+            py::gil_scoped_acquire acquire;
+            progress(done);
+        };
+    std::vector<std::pair<std::int32_t, std::int32_t>> merges;
+    {
+        py::gil_scoped_release release;
+        merges = bpe::train(w, c, n_merges, report);
+    }
+    return py::cast(merges);
+}
+
+void bind_bpe(py::module_& m) {
+    m.def("bpe_set_char_classes", &py_bpe_set_char_classes, py::arg("table"),
+          "Set the class (0 other, 1 \\p{L}, 2 \\p{N}, 3 \\s) of every code point for the GPT-2 pre-tokenizer.");
+    m.def("bpe_gpt2_split", &py_bpe_gpt2_split, py::arg("text"), "GPT-2's pre-tokens of text (as regex.findall).");
+    m.def("bpe_train", &py_bpe_train, py::arg("words"), py::arg("counts"), py::arg("n_merges"),
+          py::arg("progress") = py::none(),
+          "Byte-level BPE merges [(a, b), ...] creating ids 256, 257, ... from word bytes and counts.");
+    py::class_<bpe::Encoder>(m, "BPEEncoder", "Byte-level BPE encoder over a {token bytes: rank} table.")
+        .def(py::init(&py_bpe_encoder_new), py::arg("ranks"))
+        .def("encode_gpt2", &py_bpe_encode_gpt2, py::arg("text"), "Ids of text, split by GPT-2's pre-tokenizer.")
+        .def("encode_gpt2_batch", &py_bpe_encode_gpt2_batch, py::arg("texts"), py::arg("num_threads"),
+             "encode_gpt2 of each text, on num_threads OpenMP threads (GIL released).")
+        .def("encode_pieces", &py_bpe_encode_pieces, py::arg("pieces"), "Ids of already split pre-tokens.")
+        .def("__len__", &bpe::Encoder::size);
+}
+
 }  // namespace minillm

@@ -5,15 +5,44 @@
 // [s, e) (at most max_len characters), plus, for a character that is no piece, a one-character
 // "unknown" edge scored unk_score (the byte fallback). Edges ending at e are visited with s
 // ascending and the unknown edge last, as in the reference, so Viterbi picks the same path.
+// Bindings at the bottom: UnigramModel.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
 
-#include "kernels.h"
-#include "simd.h"
+#include <pybind11/stl.h>   // lists of ids and of merges back to Python
+
+#include "../binding.h"
 
 namespace minillm {
 namespace unigram {
+
+// Pieces (UTF-8) with their log-probabilities; words are valid UTF-8. Read-only once built.
+class Model {
+public:
+    Model(std::vector<std::string> pieces, std::vector<double> scores, double unk_score, int max_len);
+    // The best path's pieces, -1 for a one-character unknown edge; `exclude` is a piece to leave out (or -1).
+    std::vector<int> viterbi(std::string_view word, int exclude) const;
+    // expected[k] = sum over words of freq * E[uses of piece k]; returns sum of freq * log Z(word).
+    double expected_counts(const std::vector<std::string>& words, const std::vector<double>& freqs,
+                           std::vector<double>& expected) const;
+    std::size_t size() const { return pieces_.size(); }
+
+private:
+    template <typename F>
+    void edges(std::string_view w, const std::vector<std::size_t>& off, std::size_t e, int exclude, F&& f) const;
+    double accumulate(std::string_view w, double freq, std::vector<double>& expected) const;
+    std::vector<std::string> pieces_;
+    std::vector<double> scores_;
+    double unk_score_;
+    int max_len_;
+    std::unordered_map<std::string_view, int> index_;
+};
 
 static constexpr double NEG = -1e30;
 
@@ -118,4 +147,59 @@ double Model::expected_counts(const std::vector<std::string>& words, const std::
 }
 
 }  // namespace unigram
+
+// ---- bindings. The GIL is released around the lattice loops, over copies of the words.
+
+static std::unique_ptr<unigram::Model> py_unigram_model_new(const py::list& pieces, const py::list& scores,
+                                                             double unk_score, int max_len) {
+    const Check check("UnigramModel");
+    if (pieces.size() != scores.size())
+        check.fail("pieces and scores must have the same length, got " + std::to_string(pieces.size()) + " and " +
+                   std::to_string(scores.size()));
+    if (max_len < 1) check.fail("max_len must be >= 1, got " + std::to_string(max_len));
+    std::vector<double> s;
+    for (auto score : scores) s.push_back(score.cast<double>());
+    return std::make_unique<unigram::Model>(check.utf8_strings(pieces), std::move(s), unk_score, max_len);
+}
+
+static py::list py_unigram_viterbi(const unigram::Model& model, const py::list& words, int exclude) {
+    const Check check("UnigramModel.viterbi");
+    const std::vector<std::string> w = check.utf8_strings(words);
+    if (exclude < -1 || exclude >= static_cast<int>(model.size()))
+        check.fail("exclude must be -1 or a piece index, got " + std::to_string(exclude));
+    std::vector<std::vector<int>> paths(w.size());
+    {
+        py::gil_scoped_release release;
+        for (std::size_t i = 0; i < w.size(); ++i) paths[i] = model.viterbi(w[i], exclude);
+    }
+    return py::cast(paths);
+}
+
+static py::tuple py_unigram_expected_counts(const unigram::Model& model, const py::list& words,
+                                            const py::list& freqs) {
+    const Check check("UnigramModel.expected_counts");
+    if (words.size() != freqs.size()) check.fail("words and freqs must have the same length");
+    const std::vector<std::string> w = check.utf8_strings(words);
+    std::vector<double> f;
+    for (auto freq : freqs) f.push_back(freq.cast<double>());
+    std::vector<double> expected;
+    double loglik;
+    {
+        py::gil_scoped_release release;
+        loglik = model.expected_counts(w, f, expected);
+    }
+    return py::make_tuple(py::cast(expected), loglik);
+}
+
+void bind_unigram(py::module_& m) {
+    py::class_<unigram::Model>(m, "UnigramModel", "A Unigram tokenizer's pieces and log-probabilities.")
+        .def(py::init(&py_unigram_model_new), py::arg("pieces"), py::arg("scores"), py::arg("unk_score"),
+             py::arg("max_len"))
+        .def("viterbi", &py_unigram_viterbi, py::arg("words"), py::arg("exclude") = -1,
+             "Best path of each word: piece indices, -1 for an unknown character.")
+        .def("expected_counts", &py_unigram_expected_counts, py::arg("words"), py::arg("freqs"),
+             "(expected uses of each piece weighted by freqs, sum of freq * log Z) by forward-backward.")
+        .def("__len__", &unigram::Model::size);
+}
+
 }  // namespace minillm
