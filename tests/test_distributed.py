@@ -124,11 +124,15 @@ def test_gradient_sync_starts_buckets_during_backward_and_keeps_the_gradients(ov
         assert np.shares_memory(p.grad, sync.flat)
 
 
-def make_trainer(out, data_file, parallel=None, **train):
+def make_trainer(out, data_file, parallel=None, model=None, **train):
     config = dict(batch_size=4, grad_accum=2, max_iters=6, lr=3e-3, warmup_iters=2, eval_interval=3, eval_iters=2,
                   sample_tokens=0) | train
-    return Trainer(ModelConfig(**MODEL, dropout=0.1), TrainConfig(**config), str(out), data_file, progress=False,
-                   log=lambda msg: None, parallel=parallel)
+    return Trainer(ModelConfig(**MODEL | {"dropout": 0.1} | (model or {})), TrainConfig(**config), str(out), data_file,
+                   progress=False, log=lambda msg: None, parallel=parallel)
+
+
+# 4 tokens a step for 16 experts, top-1: most experts get no gradient, and so no optimizer state
+MOE = dict(block_size=4, n_experts=16, top_k=1, capacity_factor=None)
 
 
 @pytest.fixture
@@ -138,9 +142,11 @@ def data_file(tmp_path):
     return str(path)
 
 
-def test_zero_on_one_rank_is_adamw_bit_for_bit(tmp_path, data_file):
-    plain = make_trainer(tmp_path / "plain", data_file, grad_clip=0.0)
-    zero = make_trainer(tmp_path / "zero", data_file, distributed.ParallelConfig(zero=True), grad_clip=0.0)
+@pytest.mark.parametrize("model,batch", [({}, {}), (MOE, {"batch_size": 1, "grad_accum": 1})], ids=["dense", "moe"])
+def test_zero_on_one_rank_is_adamw_bit_for_bit(tmp_path, data_file, model, batch):
+    plain = make_trainer(tmp_path / "plain", data_file, model=model, grad_clip=0.0, **batch)
+    zero = make_trainer(tmp_path / "zero", data_file, distributed.ParallelConfig(zero=True), model=model,
+                        grad_clip=0.0, **batch)
     assert type(zero.optimizer).__name__ == "ZeroAdamW"
     assert zero.run()["step_losses"] == plain.run()["step_losses"]
     for (name, p), (_, q) in zip(plain.model.named_parameters(), zero.model.named_parameters()):
@@ -148,6 +154,7 @@ def test_zero_on_one_rank_is_adamw_bit_for_bit(tmp_path, data_file):
     full = plain.optimizer.state_dict()
     gathered = zero.optimizer.state_dict()
     assert gathered["step"] == full["step"] and sorted(gathered["state"]) == sorted(full["state"])
+    assert (len(full["state"]) < 2 * len(plain.model.parameters())) == bool(model)   # MoE: unused experts
     for key, value in full["state"].items():
         np.testing.assert_array_equal(gathered["state"][key], value, err_msg=key)
 

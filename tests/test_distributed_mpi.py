@@ -36,15 +36,19 @@ CONFIG = {"model": dict(vocab_size=None, block_size=16, n_layer=2, n_head=2, n_e
           "train": dict(batch_size=5, grad_accum=3, max_iters=8, lr=3e-3, min_lr=3e-4, warmup_iters=2,
                         eval_interval=4, eval_iters=3, sample_tokens=0)}
 RTOL = 1e-5
+# 16 tokens a step (8 a rank) for 8 experts a block, top-1: some experts get no token on a rank, or on
+# any. Without router losses and capacity limits the MoE objective is the mean cross-entropy, which
+# splits over the ranks like a dense model's (the router losses are per micro-batch, see docs).
+MOE = dict(block_size=8, n_experts=8, top_k=1, capacity_factor=None, aux_loss_coef=0.0, z_loss_coef=0.0)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("mpi")
     (base / "corpus.txt").write_text(TEXT, encoding="utf-8")
-    for name, dropout in (("config.json", 0.0), ("dropout.json", 0.1)):
-        spec = json.loads(json.dumps(CONFIG))
-        spec["model"]["dropout"] = dropout
+    for name, model, train in (("config.json", {}, {}), ("dropout.json", {"dropout": 0.1}, {}),
+                               ("moe.json", MOE, {"batch_size": 2, "grad_accum": 1})):
+        spec = {"model": CONFIG["model"] | model, "train": CONFIG["train"] | train}
         (base / name).write_text(json.dumps(spec))
     return base
 
@@ -110,6 +114,17 @@ def test_zero_shards_the_moments_and_resumes_across_rank_counts(files, one_proce
     assert sorted(saved["optimizer"]) == sorted(reference["optimizer"])
     for key, value in reference["optimizer"].items():
         np.testing.assert_allclose(saved["optimizer"][key], value, rtol=1e-3, atol=1e-9, err_msg=key)
+
+
+def test_moe_experts_unused_on_a_rank_train_as_in_one_process(files, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train_here(files, one, "--max-iters", "6", config="moe.json")
+    run = train_mpi(files, two, "--max-iters", "6", "--zero", config="moe.json")
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_allclose(log(two)[1], log(one)[1], rtol=RTOL)
+    saved, reference = (ckpt.load_checkpoint(str(d), optimizer_wanted=True)["optimizer"] for d in (two, one))
+    assert sorted(saved) == sorted(reference)           # state only for parameters that had a gradient
+    assert len(reference) < 2 * len(ckpt.load_checkpoint(str(one))["model"])
 
 
 def test_dropout_runs_on_two_ranks_resume_bit_exactly(files, tmp_path):
