@@ -165,7 +165,7 @@ class Trainer:
         state = {"step": self.step, "train_config": asdict(self.config), "best_val": self.best_val,
                  "losses": losses, "rng": {"data": self.data_rng.bit_generator.state,
                                            "init": self.init_rng.bit_generator.state}}
-        optimizer = self.dp.optimizer_to_save()                 # collective with ZeRO
+        optimizer = self.dp.optimizer_to_save(self.step)        # collective: replica check, ZeRO gather
         if self.comm.rank == 0:
             ckpt.save_checkpoint(self.out_dir, self.model, self.tokenizer, optimizer, state)
 

@@ -14,6 +14,7 @@ from minillm.distributed.buckets import FlatLayout, GradientSync
 from minillm.distributed.faults import parse_fault
 from minillm.distributed.watchdog import Watchdog
 from minillm.models import DecoderLM, ModelConfig
+from minillm.optim import AdamW
 from minillm.tensor import Tensor, grad_ready_hook
 from minillm.train import TrainConfig, Trainer
 
@@ -202,3 +203,20 @@ def test_without_a_launcher_training_never_imports_mpi4py(tmp_path, data_file):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env | {"PYTHONPATH": ROOT},
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr
+
+
+class SplitBrainComm(distributed.LocalCommunicator):
+    """Two 'ranks' whose weights hash differently."""
+
+    size = 2
+
+    def allgather_object(self, obj):
+        return [obj, obj ^ 1]
+
+
+def test_ranks_whose_weights_differ_are_stopped_at_the_checkpoint():
+    model = tiny_model()
+    dp = distributed.DataParallel(model, AdamW(model), SplitBrainComm())
+    with pytest.raises(RuntimeError, match="the ranks' weights differ after step 5 .* must stay bit-identical"):
+        dp.optimizer_to_save(5)
+    assert distributed.DataParallel(model, AdamW(model), distributed.LocalCommunicator()).optimizer_to_save(5)

@@ -19,6 +19,7 @@ resumed run is bit-exact on the same N; they are a different (equally random) dr
 single-process run's, whose one stream continues as before. All presets train without dropout.
 """
 import os
+import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -131,13 +132,26 @@ class DataParallel:
             return self.optimizer.clip_grad_norm(max_norm)
         return clip_grad_norm(self.model.parameters(), max_norm)
 
-    def optimizer_to_save(self):
-        """Collective: what rank 0 hands to save_checkpoint (ZeRO: the moments gathered from every
-        rank, in the single-process format); None on the other ranks when sharded."""
+    def optimizer_to_save(self, step):
+        """Collective, before each checkpoint (after `step` steps): checks that every rank holds the
+        same weights (a CRC-32 of their bytes; rank 0 raises if not, which stops every rank), and
+        returns what rank 0 hands to save_checkpoint (ZeRO: the moments gathered from every rank,
+        in the single-process format; None on the other ranks)."""
+        if self.sync is not None:
+            self._check_replicas(step)
         if not self.config.zero:
             return self.optimizer
         state = self.optimizer.state_dict()
         return SavedOptimizer(state) if state is not None else None
+
+    def _check_replicas(self, step):
+        crc = 0
+        for p in self.sync.layout.params:
+            crc = zlib.crc32(np.ascontiguousarray(p.data).view(np.uint8), crc)
+        crcs = self.comm.allgather_object(crc)
+        if len(set(crcs)) > 1 and self.is_root:
+            raise RuntimeError(f"data parallel: the ranks' weights differ after step {step} (CRC-32 per rank: "
+                               f"{', '.join(hex(c) for c in crcs)}); the replicas must stay bit-identical")
 
     def optimizer_state_bytes(self):
         """Bytes of optimizer state this rank keeps (about 1/N of the whole with ZeRO)."""
