@@ -191,12 +191,12 @@ class Trainer:
             if stats is not None:
                 moe.append(stats)
             total += (stats["ce"] if stats is not None else float(loss.data)) * weight
+        grad_norm = self.dp.reduce_gradients(c.grad_clip)      # summed over the ranks, clipped by the global norm
         total, objective = self.dp.sum_over_ranks(total, objective)
         self.last_moe = mean_moe_stats(moe) if moe else None
         if not math.isfinite(objective):
             raise TrainingDiverged(f"the loss became {objective} at step {self.step}; stopped, and the last checkpoint "
                                    f"in {self.out_dir} was left as it was (try a lower --lr)")
-        grad_norm = self.dp.reduce_gradients(c.grad_clip)      # summed over the ranks, clipped by the global norm
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1

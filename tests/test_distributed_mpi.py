@@ -164,3 +164,10 @@ def test_bad_input_under_mpiexec_is_one_line_from_rank_0(files, tmp_path):
     run = train_mpi(files, tmp_path / "nothing", "--resume")
     assert run.returncode == 2
     assert run.stderr.count("minillm: error: --resume: no checkpoint in") == 1
+
+
+def test_a_diverged_loss_stops_every_rank_with_one_message(files, tmp_path):
+    run = train_mpi(files, tmp_path / "nan", "--lr", "1e12")
+    assert run.returncode == 1
+    assert run.stderr.count("the loss became nan at step") == 1
+    assert "pending" not in run.stderr                       # no collective left in flight at exit

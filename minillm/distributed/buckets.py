@@ -100,6 +100,7 @@ class GradientSync:
         self.copied = np.zeros(len(self.layout.params), bool)
         self.waiting = [len(members) for _, _, members in self.layout.buckets]   # params not yet in
         self.requests = [None] * len(self.layout.buckets)
+        self.in_flight = []                                               # started, not seen complete
 
     @contextmanager
     def backward(self, final):
@@ -120,9 +121,8 @@ class GradientSync:
         self.waiting[b] -= 1
         if self.waiting[b] == 0:
             self._launch(b)
-        for request in self.requests:
-            if request is not None:
-                request.test()
+            self.in_flight.append(self.requests[b])
+        self.in_flight = [request for request in self.in_flight if not request.test()]   # drives them along
 
     def _copy_in(self, i):
         grad = self.layout.params[i].grad
