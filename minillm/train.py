@@ -160,6 +160,7 @@ class Trainer:
             self.best_val = state.get("best_val", math.inf)
             self.data_rng.bit_generator.state = state["rng"]["data"]
             self.init_rng.bit_generator.state = state["rng"]["init"]
+        self.dp.take_root_weights()                             # replicas start bit-identical
 
     def save(self, losses=None):
         state = {"step": self.step, "train_config": asdict(self.config), "best_val": self.best_val,

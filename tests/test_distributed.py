@@ -220,3 +220,23 @@ def test_ranks_whose_weights_differ_are_stopped_at_the_checkpoint():
     with pytest.raises(RuntimeError, match="the ranks' weights differ after step 5 .* must stay bit-identical"):
         dp.optimizer_to_save(5)
     assert distributed.DataParallel(model, AdamW(model), distributed.LocalCommunicator()).optimizer_to_save(5)
+
+
+class RankOneComm(distributed.LocalCommunicator):
+    """Rank 1 of 2, whose broadcasts deliver `root` (rank 0's flat buffer)."""
+
+    rank, size = 1, 2
+
+    def __init__(self, root):
+        self.root = root
+
+    def bcast(self, buf):
+        buf[...] = self.root
+
+
+def test_every_rank_starts_from_rank_0s_weights():
+    root_model, model = tiny_model(), DecoderLM(ModelConfig(**MODEL), rng=np.random.default_rng(1))
+    root = np.concatenate([p.data.ravel() for _, p in list(root_model.named_parameters())[::-1]])
+    distributed.DataParallel(model, AdamW(model), RankOneComm(root)).take_root_weights()
+    for (name, p), (_, q) in zip(root_model.named_parameters(), model.named_parameters()):
+        np.testing.assert_array_equal(q.data, p.data, err_msg=name)

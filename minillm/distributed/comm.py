@@ -82,9 +82,9 @@ class Communicator:
         if self.rank == 0:
             try:
                 result = fn()
-            except Exception as error:
+            except Exception:
                 self.bcast_object(("error", None))
-                raise error
+                raise
             self.bcast_object(("ok", result))
             return result
         status, result = self.bcast_object(None)

@@ -37,6 +37,10 @@ class ParallelConfig:
     bucket_mb: float = 4.0     # gradient bucket size, MiB
     overlap: bool = True       # start each bucket's sum during backward (else one sum after it)
 
+    def __post_init__(self):
+        if not self.bucket_mb > 0:
+            raise ValueError(f"ParallelConfig: bucket_mb (--bucket-mb) must be > 0, got {self.bucket_mb}")
+
 
 def micro_batch_rows(batch_size, grad_accum, rank, size):
     """This rank's part of each of a step's grad_accum micro-batches: a list of (rows, weight,
@@ -69,7 +73,6 @@ class DataParallel:
     def __init__(self, model, optimizer, comm, config=None):
         self.comm, self.config = comm, config or ParallelConfig()
         self.model, self.optimizer, self.sync = model, optimizer, None
-        self.started = False
         if comm.size == 1 and not self.config.zero:
             return
         if self.config.zero and not isinstance(optimizer, AdamW):
@@ -85,20 +88,21 @@ class DataParallel:
         return self.comm.rank == 0
 
     def start_step(self, step, dropout_rng, seed):
-        """Before each step: on the first, every rank takes rank 0's weights; with N > 1 this rank's
-        dropout masks for the step (see the module docstring); the test hook for faults."""
+        """Before each step: with N > 1 this rank's dropout masks for the step (see the module
+        docstring); the test hook for faults."""
         self.comm.set_context(f"step {step}")
         if self.sync is None:
             return
-        if not self.started:
-            self._broadcast_parameters()
-            self.started = True
         if self.comm.size > 1:
             dropout_rng.bit_generator.state = np.random.default_rng([seed, 2, self.comm.rank, step]).bit_generator.state
         if self.fault:
             inject_fault(self.fault, self.comm.rank, step)
 
-    def _broadcast_parameters(self):
+    def take_root_weights(self):
+        """Collective, once the model is built (and loaded): rank 0's weights on every rank (one
+        broadcast), so the replicas start bit-identical wherever initialisation could differ."""
+        if self.sync is None or self.comm.size == 1:
+            return
         layout, flat = self.sync.layout, self.sync.flat
         for i, p in enumerate(layout.params):
             layout.view(flat, i)[...] = p.data
