@@ -66,11 +66,11 @@ class MPICommunicator(Communicator):
     def allgatherv(self, buf, counts):
         displs = [start for start, _ in _pieces(counts)]
         with self.watchdog.guard("allgather"):
-            self.world.Allgatherv(self.MPI.IN_PLACE, [buf, list(counts), displs, self.MPI._typedict[buf.dtype.char]])
+            self.world.Allgatherv(self.MPI.IN_PLACE, [buf, (list(counts), displs)])
 
     def gatherv(self, send, recv, counts):
         displs = [start for start, _ in _pieces(counts)]
-        spec = [recv, list(counts), displs, self.MPI._typedict[send.dtype.char]] if self.rank == 0 else None
+        spec = [recv, (list(counts), displs)] if self.rank == 0 else None
         with self.watchdog.guard("gather"):
             self.world.Gatherv(np.ascontiguousarray(send), spec, root=0)
 
