@@ -60,17 +60,12 @@ def _configs(args):
     return model, train_config
 
 
-def cmd_train(args):
+def _prepare_train(args, out):
+    """The run's model and training configs, after checking --out against --resume/--overwrite
+    (and clearing it for --overwrite). Under MPI only rank 0 runs this."""
     from .data import build_tokenizer, read_text
     from .models import ModelConfig
-    from .plots import plot_expert_load, plot_losses
-    from .train import Trainer, TrainingDiverged
-    if args.threads:
-        from . import set_num_threads
-        set_num_threads(args.threads)
     model_spec, train_config = _configs(args)
-    out = args.out or os.path.join("out", args.preset if not args.config else
-                                   os.path.splitext(os.path.basename(args.config))[0])
     has_checkpoint = os.path.exists(os.path.join(out, "state.json"))
     if has_checkpoint and not (args.resume or args.overwrite):
         raise UsageError(f"{out!r} already holds a checkpoint: pass --resume to continue it, --overwrite to "
@@ -85,22 +80,54 @@ def cmd_train(args):
         for name in ("state.json", "train_log.jsonl"):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
-    trainer = Trainer(model_config, train_config, out, args.data, resume=args.resume,
-                      progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr))
-    n = trainer.model.num_parameters()
-    print(f"model: {n / 1e6:.2f}M parameters ({trainer.model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M "
-          f"without embeddings), vocab {model_config.vocab_size}, context {model_config.block_size}; "
-          f"{len(trainer.data.splits['train']):,} train / {len(trainer.data.splits['val']):,} val tokens",
-          file=sys.stderr)
+    return model_config, train_config
+
+
+def cmd_train(args):
+    from . import distributed
+    from .plots import plot_expert_load, plot_losses
+    from .train import Trainer, TrainingDiverged
+    try:       # `mpiexec -n N minillm train` (or --distributed): one rank of N; else this process alone
+        comm = distributed.from_environment(args.distributed, args.comm_timeout)
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
+    root = comm.rank == 0
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    out = args.out or os.path.join("out", args.preset if not args.config else
+                                   os.path.splitext(os.path.basename(args.config))[0])
+    parallel = distributed.ParallelConfig(zero=args.zero, bucket_mb=args.bucket_mb, overlap=not args.no_overlap)
+
     try:
-        result = trainer.run()
+        model_config, train_config = comm.run_on_root(lambda: _prepare_train(args, out))
+    except distributed.RootFailed:
+        return 0                                  # rank 0 reports the problem
+
+    def train():
+        trainer = Trainer(model_config, train_config, out, args.data, resume=args.resume,
+                          progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr),
+                          comm=comm, parallel=parallel)
+        if root:
+            _describe(trainer, comm)
+        return trainer, trainer.run()
+
+    try:
+        trainer, result = distributed.stop_all_on_error(comm, train, passes=(TrainingDiverged, distributed.RootFailed))
+    except distributed.RootFailed:
+        return 0
     except TrainingDiverged as error:
-        print(f"minillm: error: {error}", file=sys.stderr)
-        return 1
+        if root:
+            print(f"minillm: error: {error}", file=sys.stderr)
+        return 1 if root else 0
+    if not root:
+        return 0
     losses = result["losses"] or {}
     print(f"done: step {result['step']}, train loss {losses.get('train', float('nan')):.4f}, "
           f"val loss {losses.get('val', float('nan')):.4f}, {result['seconds']:.1f}s, "
           f"peak memory {result['peak_memory_mib']:.0f} MiB; checkpoint in {out}")
+    if comm.size > 1:
+        print(f"rank 0 of {comm.size}: optimizer state {result['optimizer_state_mib']:.3f} MiB")
     if result.get("expert_load"):
         print("expert load (fraction of top-k assignments per expert" +
               (", val batches)" if losses.get("expert_load") else ", last step)"))
@@ -114,6 +141,18 @@ def cmd_train(args):
         print("\n--- sample ---")
         print(trainer.sample(max_new_tokens=trainer.config.sample_tokens))
     return 0
+
+
+def _describe(trainer, comm):
+    n, c, model_config = trainer.model.num_parameters(), trainer.config, trainer.model.config
+    print(f"model: {n / 1e6:.2f}M parameters ({trainer.model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M "
+          f"without embeddings), vocab {model_config.vocab_size}, context {model_config.block_size}; "
+          f"{len(trainer.data.splits['train']):,} train / {len(trainer.data.splits['val']):,} val tokens",
+          file=sys.stderr)
+    if comm.size > 1:
+        rows = c.batch_size * c.grad_accum
+        print(f"data parallel: {comm.size} ranks share each batch of {rows} rows"
+              + (", AdamW moments sharded (ZeRO-1)" if trainer.dp.config.zero else ""), file=sys.stderr)
 
 
 def _load(path):
@@ -210,6 +249,13 @@ def build_parser():
     p.add_argument("--plot", action="store_true", help="write a loss-curve PNG, and for MoE models an expert-load "
                    "histogram (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data parallel (run under mpiexec -n N; see docs/distributed.md)")
+    g.add_argument("--distributed", action="store_true", help="use MPI even if no MPI launcher is detected")
+    g.add_argument("--zero", action="store_true", help="shard AdamW's moments over the ranks (ZeRO stage 1)")
+    g.add_argument("--bucket-mb", type=float, default=4.0, help="gradient bucket size in MiB (default %(default)s)")
+    g.add_argument("--no-overlap", action="store_true", help="sum the gradients after backward, not during it")
+    g.add_argument("--comm-timeout", type=float, default=600.0, help="seconds a rank waits for the others in one "
+                   "collective before every rank is stopped (default %(default)s; 0: forever)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")

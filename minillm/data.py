@@ -110,13 +110,20 @@ class TokenData:
         split = int(n * (1 - val_fraction))
         self.splits = {"train": ids[:split], "val": ids[split:]}
 
-    def get_batch(self, split, batch_size, block_size, rng):
-        """x, y: (batch_size, block_size) int64, from random offsets drawn with rng."""
+    def get_batch(self, split, batch_size, block_size, rng, rows=None):
+        """x, y: (batch_size, block_size) int64, from random offsets drawn with rng.
+
+        rows: a slice of the batch to return instead (a data-parallel rank's shard): the offsets of
+        the whole batch are drawn all the same, so rng advances alike on every rank."""
         data = self.splits[split]
         if len(data) <= block_size:
             raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size + 1 "
                              f"({block_size + 1}); use more data or a smaller block_size")
         starts = rng.integers(0, len(data) - block_size, size=batch_size)
+        if rows is not None:
+            starts = starts[rows]
+            if not len(starts):
+                return np.empty((0, block_size), np.int64), np.empty((0, block_size), np.int64)
         x = np.stack([data[s:s + block_size] for s in starts]).astype(np.int64)
         y = np.stack([data[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64)
         return x, y

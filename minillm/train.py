@@ -26,9 +26,10 @@ from . import checkpoint as ckpt
 from .autograd import no_grad
 from .config import config_from_dict
 from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text, tokenizer_from_dict
+from .distributed import DataParallel, LocalCommunicator, merge_from_ranks
 from .generate import generate
 from .models import DecoderLM, ModelConfig
-from .optim import SGD, AdamW, clip_grad_norm, cosine_lr, param_groups
+from .optim import SGD, AdamW, cosine_lr, param_groups
 from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
 
 
@@ -63,23 +64,34 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
-def estimate_loss(model, data, config, block_size, step):
+def estimate_loss(model, data, config, block_size, step, comm=None):
     """Mean loss (the cross-entropy) over eval_iters batches of each split, drawn from an RNG fixed
     by (seed, step). An MoE model also gets "expert_load": per MoE block the mean fraction of
-    assignments per expert over the val batches."""
+    assignments per expert over the val batches. comm: the batches are shared round robin over its
+    ranks and the results merged in batch order, so every rank gets the single-process numbers."""
+    comm = comm or LocalCommunicator()
     model.eval()
-    losses, loads = {}, []
+    results = {}                                     # (split, batch) -> (loss, expert load or None)
     with no_grad():
         for split in ("train", "val"):
             rng = np.random.default_rng([config.seed, step, split == "val"])
-            total = 0.0
-            for _ in range(config.eval_iters):
-                x, y = data.get_batch(split, config.batch_size, block_size, rng)
-                total += float(model(x, y)[1].data)
-                stats = model.moe_stats() if split == "val" else None
-                if stats is not None:
-                    loads.append(stats["load"])
-            losses[split] = total / config.eval_iters
+            for i in range(config.eval_iters):
+                mine = i % comm.size == comm.rank
+                x, y = data.get_batch(split, config.batch_size, block_size, rng, rows=None if mine else slice(0, 0))
+                if mine:
+                    loss = float(model(x, y)[1].data)
+                    stats = model.moe_stats() if split == "val" else None
+                    results[split, i] = (loss, stats["load"] if stats is not None else None)
+    results = merge_from_ranks(results, comm)
+    losses, loads = {}, []
+    for split in ("train", "val"):
+        total = 0.0
+        for i in range(config.eval_iters):
+            loss, load = results[split, i]
+            total += loss
+            if load is not None:
+                loads.append(load)
+        losses[split] = total / config.eval_iters
     if loads:
         losses["expert_load"] = np.mean(loads, axis=0).round(5).tolist()
     model.train()
@@ -95,10 +107,17 @@ def mean_moe_stats(stats):
 
 
 class Trainer:
-    """Holds a run's model, optimizer, data and RNGs; `run()` trains to max_iters."""
+    """Holds a run's model, optimizer, data and RNGs; `run()` trains to max_iters.
 
-    def __init__(self, model_config, train_config, out_dir, data_path=None, resume=False, progress=True, log=print):
+    comm: a minillm.distributed communicator (default: this process alone); with more than one
+    rank every rank runs a Trainer on its shard of each batch and rank 0 alone writes (see
+    minillm/distributed/data_parallel.py). parallel: a distributed.ParallelConfig (ZeRO, buckets).
+    """
+
+    def __init__(self, model_config, train_config, out_dir, data_path=None, resume=False, progress=True, log=print,
+                 comm=None, parallel=None):
         self.config, self.out_dir, self.progress, self.log = train_config, out_dir, progress, log
+        self.comm = comm or LocalCommunicator()
         text = read_text(data_path)
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
@@ -112,8 +131,8 @@ class Trainer:
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"the model's vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
-        ids = cached_token_ids(text, self.tokenizer, data_path, os.path.join(out_dir, "cache") if data_path is None
-                               else os.path.dirname(os.path.abspath(data_path)))
+        cache_dir = os.path.join(out_dir, "cache") if data_path is None else os.path.dirname(os.path.abspath(data_path))
+        ids = self.comm.root_first(lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir))
         self.data = TokenData(ids, train_config.val_fraction)
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
         self.model = DecoderLM(model_config, rng=self.init_rng)
@@ -125,6 +144,8 @@ class Trainer:
             self.optimizer = SGD(groups, train_config.lr)
         else:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {train_config.optimizer!r}")
+        self.dp = DataParallel(self.model, self.optimizer, self.comm, parallel)
+        self.optimizer = self.dp.optimizer                      # ZeroAdamW when the moments are sharded
         self.step = 0
         self.last_moe = None           # the router losses and expert load of the last step (MoE models)
         self.best_val = math.inf
@@ -140,45 +161,55 @@ class Trainer:
             self.best_val = state.get("best_val", math.inf)
             self.data_rng.bit_generator.state = state["rng"]["data"]
             self.init_rng.bit_generator.state = state["rng"]["init"]
+        self.dp.take_root_weights()                             # replicas start bit-identical
 
     def save(self, losses=None):
         state = {"step": self.step, "train_config": asdict(self.config), "best_val": self.best_val,
                  "losses": losses, "rng": {"data": self.data_rng.bit_generator.state,
                                            "init": self.init_rng.bit_generator.state}}
-        ckpt.save_checkpoint(self.out_dir, self.model, self.tokenizer, self.optimizer, state)
+        optimizer = self.dp.optimizer_to_save(self.step)        # collective: replica check, ZeRO gather
+        if self.comm.rank == 0:
+            ckpt.save_checkpoint(self.out_dir, self.model, self.tokenizer, optimizer, state)
 
     def train_step(self):
         """One optimizer step; returns (loss, grad_norm, lr). loss is the mean cross-entropy; an MoE
         model minimises it plus its router losses, which go to self.last_moe with the expert load."""
         c, block = self.config, self.model.config.block_size
+        self.dp.start_step(self.step, self.init_rng, c.seed)
         lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters)
         self.optimizer.lr = lr
         total = objective = 0.0
         moe = []
-        for _ in range(c.grad_accum):
-            x, y = self.data.get_batch("train", c.batch_size, block, self.data_rng)
+        # this rank's rows of each micro-batch; weight = rows / global batch rows (1 / grad_accum alone)
+        for rows, weight, final in self.dp.micro_batches(c.batch_size, c.grad_accum):
+            x, y = self.data.get_batch("train", c.batch_size, block, self.data_rng, rows=rows)
+            if not weight:
+                continue
             _, loss = self.model(x, y)
-            (loss * (1.0 / c.grad_accum)).backward()
-            objective += float(loss.data) / c.grad_accum
+            with self.dp.backward(final):                   # gradient buckets start summing as they fill
+                (loss * weight).backward()
+            objective += float(loss.data) * weight
             stats = self.model.moe_stats()
             if stats is not None:
                 moe.append(stats)
-            total += (stats["ce"] if stats is not None else float(loss.data)) / c.grad_accum
+            total += (stats["ce"] if stats is not None else float(loss.data)) * weight
+        grad_norm = self.dp.reduce_gradients(c.grad_clip)      # summed over the ranks, clipped by the global norm
+        total, objective = self.dp.sum_over_ranks(total, objective)
         self.last_moe = mean_moe_stats(moe) if moe else None
         if not math.isfinite(objective):
             raise TrainingDiverged(f"the loss became {objective} at step {self.step}; stopped, and the last checkpoint "
                                    f"in {self.out_dir} was left as it was (try a lower --lr)")
-        grad_norm = clip_grad_norm(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
         return total, grad_norm, lr
 
     def evaluate_and_save(self, log_file):
-        losses = estimate_loss(self.model, self.data, self.config, self.model.config.block_size, self.step)
+        losses = estimate_loss(self.model, self.data, self.config, self.model.config.block_size, self.step, self.comm)
         self.best_val = min(self.best_val, losses["val"])
         self.save(losses)
-        self.log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if self.comm.rank == 0:
+            self.log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         log_file.write(json.dumps({"step": self.step, "eval": True, **losses}) + "\n")
         log_file.flush()
         return losses
@@ -190,8 +221,9 @@ class Trainer:
         losses = None
         start_time = time.perf_counter()
         step_losses = []
-        with open(os.path.join(self.out_dir, "train_log.jsonl"), "a") as log_file:
-            bar = _progress(self.step, c.max_iters, self.progress)
+        log_path = os.path.join(self.out_dir, "train_log.jsonl") if self.comm.rank == 0 else os.devnull
+        with open(log_path, "a") as log_file:
+            bar = _progress(self.step, c.max_iters, self.progress and self.comm.rank == 0)
             while self.step < c.max_iters:
                 if self.step % c.eval_interval == 0 and c.eval_iters and self.step != self.resumed_at:
                     losses = self.evaluate_and_save(log_file)
@@ -213,6 +245,7 @@ class Trainer:
                 self.save()
         return {"step": self.step, "losses": losses, "step_losses": step_losses,
                 "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib(),
+                "optimizer_state_mib": self.dp.optimizer_state_bytes() / 2 ** 20,
                 "expert_load": (losses or {}).get("expert_load") or (self.last_moe or {}).get("expert_load")}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):

@@ -28,7 +28,7 @@ LAYERS = [
     ("tokenizers", ["minillm.tokenizers"]),
     ("io", ["minillm.io"]),
     ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.generate", "minillm.train",
-                   "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling"]),
+                   "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]

@@ -8,9 +8,9 @@ Import Tensor from here (or from minillm): importing this package attaches Tenso
 so a Tensor from minillm.autograd always has them.
 """
 from . import operators
-from .engine import Function, Tensor, is_grad_enabled, no_grad, tensor, unbroadcast
+from .engine import Function, Tensor, grad_ready_hook, is_grad_enabled, no_grad, tensor, unbroadcast
 from .ops import concat, stack
 
 operators.attach()
 
-__all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "concat", "stack", "unbroadcast"]
+__all__ = ["Tensor", "Function", "tensor", "no_grad", "grad_ready_hook", "is_grad_enabled", "concat", "stack", "unbroadcast"]

@@ -29,6 +29,20 @@ def is_grad_enabled():
 
 
 @contextlib.contextmanager
+def grad_ready_hook(callback):
+    """Within this block, backward() calls callback(leaf) as soon as a leaf's .grad is final for
+    that pass: the tape is walked in reverse topological order, so by the time a leaf comes up
+    every use of it has been summed. Data-parallel training starts summing a bucket of gradients
+    over the ranks from here while backward goes on (minillm/distributed/buckets.py)."""
+    previous = getattr(_state, "grad_ready", None)
+    _state.grad_ready = callback
+    try:
+        yield
+    finally:
+        _state.grad_ready = previous
+
+
+@contextlib.contextmanager
 def no_grad():
     """Within this block no tape is recorded: results have requires_grad=False."""
     previous = is_grad_enabled()
@@ -184,6 +198,7 @@ class Tensor:
             raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
         grads = {id(self): grad}
+        grad_ready = getattr(_state, "grad_ready", None)
         for tensor in reversed(_topological_order(self)):
             g = grads.pop(id(tensor), None)
             if g is None:
@@ -191,6 +206,8 @@ class Tensor:
             node = tensor._node
             if node is None:  # a leaf
                 tensor.grad = g.copy() if tensor.grad is None else tensor.grad + g
+                if grad_ready is not None:
+                    grad_ready(tensor)
                 continue
             input_grads = node.function.backward(node.ctx, g)
             if not isinstance(input_grads, tuple):
