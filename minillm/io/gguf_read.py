@@ -198,5 +198,8 @@ def read_gguf(path):
     config = config_from_metadata(meta, vocab, "output.weight" not in tensors, where)
     weights = minillm_weights(arch, tensors, config, where)
     tokenizer = tokenizer_from_gguf(meta, where)
+    if tokenizer is None and "minillm.tokenizer.chars" in meta:       # written by export_gguf
+        from ..data import CharTokenizer
+        tokenizer = CharTokenizer(meta["minillm.tokenizer.chars"])
     return {"meta": meta, "config": config, "weights": weights, "types": types, "tokenizer": tokenizer,
             "path": path, "reader": reader}
