@@ -89,6 +89,11 @@ def metadata(reader):
     return out
 
 
+def _f32(value):
+    """A float32 metadata value as the shortest decimal that is the same float32 (1e-06, not 9.99e-07)."""
+    return float(repr(np.float32(value)).removeprefix("np.float32(").removesuffix(")"))
+
+
 def config_from_metadata(meta, vocab_size, tied, where):
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
@@ -117,10 +122,10 @@ def config_from_metadata(meta, vocab_size, tied, where):
         if arch == "llama":
             return ModelConfig(**common, n_kv_head=int(get("attention.head_count_kv", n_head)), norm="rmsnorm",
                                activation="swiglu", positions="rope", bias=False,
-                               rope_theta=float(get("rope.freq_base", 10000.0)),
-                               norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)))
+                               rope_theta=_f32(get("rope.freq_base", 10000.0)),
+                               norm_eps=_f32(get("attention.layer_norm_rms_epsilon", 1e-5)))
         return ModelConfig(**common, norm="layernorm", activation="gelu", positions="learned", bias=True,
-                           norm_eps=float(get("attention.layer_norm_epsilon", 1e-5)))
+                           norm_eps=_f32(get("attention.layer_norm_epsilon", 1e-5)))
     except ValueError as error:
         raise FormatError(f"{where}: the metadata describe an impossible model: {error}") from None
 
