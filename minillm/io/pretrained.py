@@ -77,6 +77,16 @@ def release_file_pages(reader):
             pass
 
 
+def return_freed_heap():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim): reading the metadata
+    makes ~500,000 small objects, and the heap keeps their pages after they are freed."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def check_tokenizer(tokenizer, config, where):
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise FormatError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
@@ -114,6 +124,9 @@ def load_pretrained(source, dequantize=False):
     model.source = {"format": "gguf" if kind == "gguf" else "hugging face", "path": path,
                     "types": loaded.get("types", {}),
                     "meta": {k: v for k, v in loaded.get("meta", {}).items() if not isinstance(v, list)}}
+    tokenizer = loaded["tokenizer"]
     if "reader" in loaded:
         release_file_pages(loaded["reader"])
-    return model, loaded["tokenizer"]
+    del loaded
+    return_freed_heap()
+    return model, tokenizer

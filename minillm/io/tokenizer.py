@@ -156,7 +156,7 @@ def gguf_tokenizer_fields(tokenizer):
                 if stages == tok.stages and ignore == tok.ignore_merges), "gpt-2")
     fields = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
               "tokenizer.ggml.token_type": types,
-              "tokenizer.ggml.merges": [f"{tokens[a]} {tokens[b]}" for a, b in tok.merges],
+              "tokenizer.ggml.merges": [f"{tokens[a]} {tokens[b]}" for a, b in tok.merges.tolist()],
               "minillm.tokenizer.stages": json.dumps(tok.stages),
               "minillm.tokenizer.ignore_merges": tok.ignore_merges}
     eos = tok.eos_token_id if tok.eos_token_id is not None else tok.special_tokens.get("<|endoftext|>")
@@ -262,7 +262,7 @@ def hf_tokenizer_files(tokenizer):
                       "unk_token": None if tok.unk_token_id is None else texts[tok.unk_token_id], "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                       "ignore_merges": tok.ignore_merges, "vocab": vocab,
-                      "merges": [[texts[a], texts[b]] for a, b in tok.merges]}}
+                      "merges": [[texts[a], texts[b]] for a, b in tok.merges.tolist()]}}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     for key, i in (("bos_token", tok.bos_token_id), ("eos_token", tok.eos_token_id)):
         if i is not None:
