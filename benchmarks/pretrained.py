@@ -11,6 +11,13 @@ environment's python:
     python -m venv /tmp/llama-venv && /tmp/llama-venv/bin/pip install numpy llama-cpp-python
     python benchmarks/pretrained.py --llama-python /tmp/llama-venv/bin/python
 
+On a CPU with AMX whose tiles the OS (or the VM) does not grant, llama.cpp's AMX matmul crashes on
+prompts of more than one token; build it without AMX (seen on this project's Xeon machine):
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+      -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" \
+      /tmp/llama-venv/bin/pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python
+
 Each measurement runs in a fresh process (so each library's resident memory and threads are its
 own), ours and llama.cpp alternating, the same token ids fed to both, the same thread count
 (minillm: set_num_threads; llama.cpp: n_threads and n_threads_batch), greedy decoding; medians of
@@ -38,7 +45,8 @@ import numpy as np
 def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
-lib, path, threads, new_tokens, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+lib, path, threads, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+prompt = json.loads(sys.argv[5])
 if lib == "minillm":
     sys.path.insert(0, sys.argv[6])
     import minillm
@@ -64,14 +72,17 @@ else:
     llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + new_tokens + 8, n_threads=threads,
                           n_threads_batch=threads, n_batch=512, verbose=False)
     load = time.perf_counter() - t; after = rss_mib()
+    V = llm.n_vocab()
+    def last_logits():   # the last evaluated token's logits (llm.scores holds them only with logits_all)
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,))
     def run():
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(prompt)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         t1 = time.perf_counter(); out = [token]
         for _ in range(new_tokens - 1):
-            llm.eval([token]); token = int(np.argmax(llm.scores[llm.n_tokens - 1])); out.append(token)
+            llm.eval([token]); token = int(np.argmax(last_logits())); out.append(token)
         t2 = time.perf_counter()
         return t1 - t0, (new_tokens - 1) / (t2 - t1), out
 run()                                                        # warm-up

@@ -50,7 +50,7 @@ def test_chatml_turns_end_at_im_end():
 
 def test_session_reuses_its_cache_and_replies_like_a_fresh_generation():
     model, tok = smollm2(dequantize=True)
-    session = ChatSession(model, tok, temperature=0, max_new_tokens=24)
+    session = ChatSession(model, tok, temperature=0, max_new_tokens=16)
     fed = []
     forward = model.forward
     model.forward = lambda ids, *a, **k: (fed.append(np.asarray(ids).shape[1]), forward(ids, *a, **k))[1]
@@ -60,7 +60,6 @@ def test_session_reuses_its_cache_and_replies_like_a_fresh_generation():
         fed.clear()
         cached = len(session.cached)
         second = "".join(session.reply("And of Italy?"))
-        prompt_two = session._prompt_ids()
     finally:
         del model.forward
     assert "Paris" in first and second
@@ -68,9 +67,8 @@ def test_session_reuses_its_cache_and_replies_like_a_fresh_generation():
     assert len(session.messages) == 4 and session.messages[-1]["content"] == second
     # what a fresh greedy generation on the whole conversation so far says for turn two
     session.messages.pop()
-    fresh = generate(model, [session._prompt_ids()], 24, temperature=0, stop_tokens=[session.end_id])[0]
-    assert tok.decode(fresh) == second and len(fresh) < 24         # and it stopped at <|im_end|>
-    del prompt_two
+    fresh = generate(model, [session._prompt_ids()], 16, temperature=0, stop_tokens=[session.end_id])[0]
+    assert tok.decode(fresh) == second and len(fresh) < 16         # and it stopped at <|im_end|>
 
 
 def test_cli_chat_on_a_scripted_conversation(monkeypatch, capsys):
@@ -78,7 +76,7 @@ def test_cli_chat_on_a_scripted_conversation(monkeypatch, capsys):
     # the float32 model, whose greedy answers are transformers' (the quantized one's drift: docs/pretrained.md)
     monkeypatch.setattr(minillm.io, "load_pretrained", lambda source, dequantize=False: smollm2(dequantize=True))
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n\n/reset\nSay hi.\n"))
-    assert main(["chat", "--model", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "30"]) == 0
+    assert main(["chat", "--model", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "12"]) == 0
     out, err = capsys.readouterr()
     replies = out.strip("\n").split("\n")
     assert "Paris" in out and "(conversation reset)" in err and len([r for r in replies if r.strip()]) >= 2

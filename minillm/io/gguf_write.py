@@ -32,9 +32,11 @@ LLAMA_NAMES = {"norm1.weight": "attn_norm.weight", "norm2.weight": "ffn_norm.wei
                "attn.wk.weight": "attn_k.weight", "attn.wv.weight": "attn_v.weight",
                "attn.wo.weight": "attn_output.weight", "ffn.w_gate": "ffn_gate.weight", "ffn.w_up": "ffn_up.weight",
                "ffn.w_down": "ffn_down.weight"}
-GPT2_NAMES = {f"{m}.{p}": f"{g}.{p}" for m, g in (("norm1", "attn_norm"), ("norm2", "ffn_norm"), ("attn.wo", "attn_output"),
-                                                  ("ffn.fc", "ffn_up"), ("ffn.proj", "ffn_down")) for p in ("weight", "bias")}
-TOP_NAMES = {"wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight", "norm_f.weight": "output_norm.weight",
+GPT2_NAMES = {f"{m}.{p}": f"{g}.{p}" for m, g in (("norm1", "attn_norm"), ("norm2", "ffn_norm"),
+                                                  ("attn.wo", "attn_output"), ("ffn.fc", "ffn_up"),
+                                                  ("ffn.proj", "ffn_down")) for p in ("weight", "bias")}
+TOP_NAMES = {"wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight",
+             "norm_f.weight": "output_norm.weight",
              "norm_f.bias": "output_norm.bias", "lm_head.weight": "output.weight"}
 
 

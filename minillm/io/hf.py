@@ -26,7 +26,8 @@ LLAMA_KEYS = {"input_layernorm.weight": "norm1.weight", "post_attention_layernor
               "self_attn.v_proj.weight": "attn.wv.weight", "self_attn.o_proj.weight": "attn.wo.weight",
               "mlp.gate_proj.weight": "ffn.w_gate", "mlp.up_proj.weight": "ffn.w_up", "mlp.down_proj.weight": "ffn.w_down"}
 GPT2_KEYS = {f"{h}.{p}": f"{m}.{p}" for h, m in (("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.c_proj", "attn.wo"),
-                                                 ("mlp.c_fc", "ffn.fc"), ("mlp.c_proj", "ffn.proj")) for p in ("weight", "bias")}
+                                                 ("mlp.c_fc", "ffn.fc"), ("mlp.c_proj", "ffn.proj"))
+             for p in ("weight", "bias")}
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -149,8 +150,8 @@ def weights_from_hf(arch, tensors, config, where):
 def read_hf(directory):
     """{"config", "weights", "tokenizer", "types"} of a Hugging Face model directory."""
     where = os.path.basename(os.path.normpath(directory))
-    arch, config = config_from_hf(_read_json(os.path.join(directory, "config.json")), where)
     hf = _read_json(os.path.join(directory, "config.json"))
+    arch, config = config_from_hf(hf, where)
     tensors = read_tensors(directory)
     types = {k: str(v.dtype) for k, v in tensors.items()}
     weights = weights_from_hf(arch, tensors, config, where)

@@ -259,7 +259,8 @@ def hf_tokenizer_files(tokenizer):
             "pre_tokenizer": pre, "post_processor": None,
             "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
             "model": {"type": "BPE", "dropout": None,
-                      "unk_token": None if tok.unk_token_id is None else texts[tok.unk_token_id], "continuing_subword_prefix": None,
+                      "unk_token": None if tok.unk_token_id is None else texts[tok.unk_token_id],
+                      "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                       "ignore_merges": tok.ignore_merges, "vocab": vocab,
                       "merges": [[texts[a], texts[b]] for a, b in tok.merges.tolist()]}}
