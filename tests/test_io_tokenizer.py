@@ -86,7 +86,7 @@ def test_written_tokenizer_json_loads_in_hugging_face_with_the_same_ids(trained)
     ours = tokenizer_from_hf(trained[1], "trained")
     data, _ = hf_tokenizer_files(ours)
     again = Tokenizer.from_str(json.dumps(data))
-    for text in TEXTS:
+    for text in TEXTS + ["a <|endoftext|> b<|endoftext|>"]:
         assert again.encode(text, add_special_tokens=False).ids == ours.encode(text, allowed_special="all")
 
 

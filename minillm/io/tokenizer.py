@@ -245,6 +245,7 @@ def hf_tokenizer_files(tokenizer):
     tok = as_merges_tokenizer(tokenizer)
     vocab = {token_text(data): i for data, i in tok.ranks.items()}
     texts = {i: t for t, i in vocab.items()}
+    vocab.update(tok.special_tokens)           # in the model's vocab too, or tokenizers gives them new ids
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True} for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])]
     texts.update({i: s for s, i in tok.special_tokens.items()})
