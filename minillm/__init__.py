@@ -63,6 +63,13 @@ def set_num_threads(n):
         kernels.native._C.set_num_threads(int(n))
 
 
+def load_pretrained(source, dequantize=False):
+    """(model, tokenizer) from a .gguf file, a Hugging Face or minillm checkpoint directory, or the short
+    name of a model an installed package ships ("smollm2-135m-instruct"). See minillm/pretrained.py."""
+    from .pretrained import load_pretrained as load
+    return load(source, dequantize=dequantize)
+
+
 def get_num_threads():
     return kernels.native._C.get_num_threads() if kernels.native._C is not None else 1
 
@@ -75,4 +82,4 @@ elif kernels.native._C is not None and not kernels.native._C.openmp():
                   RuntimeWarning, stacklevel=2)
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "concat", "stack",
-           "build_info", "set_num_threads", "get_num_threads", "kernels"]
+           "build_info", "set_num_threads", "get_num_threads", "kernels", "load_pretrained"]

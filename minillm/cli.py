@@ -7,7 +7,9 @@
     minillm tokenizer  train | encode | decode a BPE, Unigram or WordPiece tokenizer (minillm/tokenizers/cli.py)
     minillm scaling    count | sweep | fit | plan: scaling laws (minillm/scaling/cli.py)
     minillm demo       forward + backward of a tiny transformer block in each flavour, gradient-checked
-    minillm info       how the native extension was built (OpenMP, SIMD, threads)
+    minillm info       how the native extension was built (OpenMP, SIMD, threads); with --model, a model's
+    minillm chat       talk to a pretrained model (minillm/pretrained_cli.py, as are generate --model and export)
+    minillm export     a model as GGUF or a Hugging Face directory
 
 Bad input (a missing or corrupt checkpoint, data that is empty or not UTF-8, a prompt longer
 than the context, ...) prints one line naming the problem and exits with code 2.
@@ -30,6 +32,10 @@ def cmd_demo(args):
 
 def cmd_info(args):
     from . import build_info
+    if getattr(args, "model", None):
+        from .pretrained_cli import model_info
+        print("\n".join(model_info(args.model)))
+        return 0
     print(json.dumps(build_info(), indent=2))
     return 0
 
@@ -162,6 +168,11 @@ def _load(path):
 
 def cmd_generate(args):
     from .generate import generate
+    if bool(args.ckpt) == bool(args.model):
+        raise UsageError("generate: give exactly one of --ckpt DIR and --model SOURCE")
+    if args.model:
+        from .pretrained_cli import generate_pretrained
+        return generate_pretrained(args)
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
@@ -258,8 +269,10 @@ def build_parser():
                    "collective before every rank is stopped (default %(default)s; 0: forever)")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("generate", help="sample text from a checkpoint")
-    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p = sub.add_parser("generate", help="sample text from a checkpoint or a pretrained model")
+    p.add_argument("--ckpt", help="checkpoint directory")
+    p.add_argument("--model", help="a pretrained model: a .gguf file, a Hugging Face directory or a known name "
+                   "(smollm2-135m-instruct); the raw prompt, no chat template")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -295,7 +308,11 @@ def build_parser():
 
     sub.add_parser("demo", help="forward/backward of a tiny transformer block in each flavour, with its gradient check"
                    ).set_defaults(run=cmd_demo)
-    sub.add_parser("info", help="how the native extension was built").set_defaults(run=cmd_info)
+    p = sub.add_parser("info", help="how the native extension was built; with --model, what a model holds")
+    p.add_argument("--model", help="a .gguf file, a Hugging Face or minillm directory, or a known name")
+    p.set_defaults(run=cmd_info)
+    from .pretrained_cli import add_parsers as add_pretrained_parsers
+    add_pretrained_parsers(sub)
     from .tokenizers.cli import add_parser as add_tokenizer_parser
     add_tokenizer_parser(sub)
     from .scaling.cli import add_parser as add_scaling_parser

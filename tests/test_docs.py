@@ -13,6 +13,8 @@ NAME = re.compile(r"(?<![\w./-])([\w-]+\.(?:py|cpp|h|md))\b")
 GENERATED = ("benchmarks/results/",)        # written by the benchmarks when they run
 NOT_FILES = {"immintrin.h", "omp.h",        # system headers
              "llama.cpp",                   # another project
+             "llama-vocab.cpp",             # llama.cpp's file the GGUF pre-tokenizer patterns come from
+             "transformer.h",               # the prefix of GPT-2's Hugging Face tensor names, not a file
              "probe.cpp"}                   # the compiler probe setup.py writes to a temporary directory
 OUTSIDE = re.compile(r"\.\./shared|/work/|\.\./\.\./")
 

@@ -16,21 +16,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "minillm")
 
 # Bottom up. A module may import its own layer and the layers below it, never one above. A name
-# stands for that module and everything under it; "minillm" alone is only the package's __init__.
+# stands for that module and everything under it; "minillm" alone is only the package's __init__: the
+# front door, at the top, handing out names of every layer (at import time it loads only the kernels,
+# which test_kernels_and_tokenizers_import_without_the_autograd_layer checks in a fresh interpreter).
 LAYERS = [
     ("base", ["minillm.files", "minillm.config"]),
     ("kernels", ["minillm._C", "minillm.kernels"]),
     ("tensor", ["minillm.autograd.engine"]),
-    ("ops", ["minillm.autograd", "minillm.tensor", "minillm"]),
+    ("ops", ["minillm.autograd", "minillm.tensor"]),
     ("functional", ["minillm.functional"]),
     ("nn", ["minillm.nn"]),
     ("models", ["minillm.models"]),
     ("tokenizers", ["minillm.tokenizers"]),
     ("io", ["minillm.io"]),
     ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.generate", "minillm.train",
-                   "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed"]),
+                   "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
+                   "minillm.pretrained", "minillm.chat"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+    ("top", ["minillm", "minillm.cli", "minillm.pretrained_cli", "minillm.scaling.cli", "minillm.tokenizers.cli",
+             "minillm.__main__", "minillm.demo",
+             "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

@@ -12,11 +12,13 @@ import os
 from .base import Tokenizer, read_meta
 from .bpe import PATTERNS, BPETokenizer, read_tiktoken
 from .char import CharTokenizer
+from .merges import MergesBPETokenizer
 from .unigram import UnigramTokenizer
 from .wordpiece import WordPieceTokenizer
 
 # every tokenizer by its kind: what `--tokenizer KIND` trains and what load() reads from a saved directory
 KINDS = {"char": CharTokenizer, "bpe": BPETokenizer, "unigram": UnigramTokenizer, "wordpiece": WordPieceTokenizer}
+LOADABLE = {**KINDS, "bpe_merges": MergesBPETokenizer}     # merge-list BPE comes from pretrained files only
 
 
 def load(path):
@@ -25,9 +27,9 @@ def load(path):
     <|endoftext|> = 50256) or a BERT vocab.txt (read as WordPiece)."""
     if os.path.isdir(path):
         kind = read_meta(path).get("kind")
-        if kind not in KINDS:
-            raise ValueError(f"load: {path} holds an unknown tokenizer kind {kind!r}; known: {sorted(KINDS)}")
-        return KINDS[kind].load(path)
+        if kind not in LOADABLE:
+            raise ValueError(f"load: {path} holds an unknown tokenizer kind {kind!r}; known: {sorted(LOADABLE)}")
+        return LOADABLE[kind].load(path)
     if path.endswith(".tiktoken"):
         ranks = read_tiktoken(path)
         gpt2 = len(ranks) == 50256 and max(ranks.values()) == 50255
@@ -37,4 +39,5 @@ def load(path):
     raise ValueError(f"load: {path} is neither a saved tokenizer directory, a .tiktoken file nor a vocab.txt")
 
 
-__all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "UnigramTokenizer", "WordPieceTokenizer", "PATTERNS", "KINDS", "load"]
+__all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "MergesBPETokenizer", "UnigramTokenizer",
+           "WordPieceTokenizer", "PATTERNS", "KINDS", "LOADABLE", "load"]
