@@ -114,10 +114,9 @@ def _resume_configs(args, out):
     where = f"checkpoint state file {os.path.join(saved['directory'], 'state.json')!r}"
     train_config = config_from_dict(TrainConfig, values, f"{where}: train_config")
     model_config = config_from_dict(ModelConfig, saved["config"]["model"], f"{where}: model")
-    if max_iters != saved_max:
-        print(f"(--resume: the run was to {saved_max} steps and now goes to {max_iters}, from step {state['step']})",
-              file=sys.stderr)
-    return model_config, train_config, overrides
+    note = (f"(--resume: the run was to {saved_max} steps and now goes to {max_iters}, from step {state['step']})"
+            if max_iters != saved_max else None)
+    return model_config, train_config, overrides, note
 
 
 def _check_out(args, out):
@@ -125,8 +124,6 @@ def _check_out(args, out):
     from . import checkpoint as ckpt
     has_checkpoint = ckpt.has_checkpoint(out)
     leftovers = ckpt.checkpoint_leftovers(out)
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other: pass one")
     if args.resume and not has_checkpoint:
         found = f" (only {', '.join(leftovers[:3])}: a checkpoint that was never committed)" if leftovers else ""
         raise UsageError(f"--resume: no checkpoint in {out!r}{found}")
@@ -148,8 +145,11 @@ def _prepare_train(args, out, lock):
     from .config import config_from_dict
     from .data import build_tokenizer, read_text
     from .models import ModelConfig
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pass one")
     if not args.resume:
         where, model_spec, train_config = _configs(args)        # bad settings: an error before any write
+        config_from_dict(ModelConfig, {**model_spec, "vocab_size": model_spec.get("vocab_size") or 1}, f"{where}: model")
         text = read_text(args.data)
     lock.acquire()
     _check_out(args, out)
@@ -158,7 +158,7 @@ def _prepare_train(args, out, lock):
     if model_spec.get("vocab_size") is None:       # the tokenizer decides
         model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, text,
                                                    train_config.tokenizer_vocab_size).vocab_size
-    return config_from_dict(ModelConfig, model_spec, f"{where}: model"), train_config, None
+    return config_from_dict(ModelConfig, model_spec, f"{where}: model"), train_config, None, None
 
 
 DEFAULT_PRESET = "shakespeare-char"
@@ -176,7 +176,7 @@ def cmd_train(args):
         set_num_threads(args.threads)
     out = args.out or os.path.join("out", args.preset or DEFAULT_PRESET if not args.config else
                                    os.path.splitext(os.path.basename(args.config))[0])
-    lock = DirectoryLock(out, timeout=2.0)      # rank 0 alone takes it, and holds it to the end of the run
+    lock = DirectoryLock(out)        # rank 0 alone takes it, and holds it to the end of the run
     try:
         return _train(args, comm, out, lock)
     finally:
@@ -190,7 +190,7 @@ def _train(args, comm, out, lock):
     root = comm.rank == 0
     parallel = distributed.ParallelConfig(zero=args.zero, bucket_mb=args.bucket_mb, overlap=not args.no_overlap)
     try:
-        model_config, train_config, overrides = comm.run_on_root(lambda: _prepare_train(args, out, lock))
+        model_config, train_config, overrides, note = comm.run_on_root(lambda: _prepare_train(args, out, lock))
     except distributed.RootFailed:
         return 0                                  # rank 0 reports the problem
 
@@ -200,6 +200,8 @@ def _train(args, comm, out, lock):
                           comm=comm, parallel=parallel, resume_overrides=overrides)
         if root:
             _describe(trainer, comm)
+            if note:
+                print(note, file=sys.stderr)
         return trainer, trainer.run()
 
     try:

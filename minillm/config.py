@@ -137,7 +137,10 @@ def config_from_dict(cls, values, where=None):
         return cls(**values)
     except (TypeError, ValueError) as error:
         message = str(error)
-        raise ValueError(message if where == cls.__name__ else f"{where}: {message}") from None
+        if where == cls.__name__:
+            raise ValueError(message) from None
+        prefix = f"{cls.__name__}: "
+        raise ValueError(f"{where}: {message[len(prefix):] if message.startswith(prefix) else message}") from None
 
 
 # ---- command-line values: argparse types ----------------------------------------------------

@@ -145,7 +145,7 @@ class DirectoryLock:
     trying before giving up (a reader may hold it for a moment while it cleans stale files).
     """
 
-    def __init__(self, directory, timeout=1.0):
+    def __init__(self, directory, timeout=0.5):
         self.directory, self.timeout = os.fspath(directory), timeout
         self._key = None
 

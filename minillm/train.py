@@ -285,7 +285,15 @@ class Trainer:
                 "expert_load": (losses or {}).get("expert_load") or (self.last_moe or {}).get("expert_load")}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
-        ids = encode(self.tokenizer, prompt).tolist()
+        """A sample from the model; a prompt the tokenizer cannot encode (a vocabulary without "\n")
+        is replaced by the first token of the training data."""
+        try:
+            ids = encode(self.tokenizer, prompt).tolist()
+        except ValueError:
+            ids = []
+        if not ids:
+            ids = [int(self.data.splits["train"][0])]
+            prompt = decode(self.tokenizer, ids)
         out = generate(self.model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
                        seed=self.config.seed if seed is None else seed)
         return prompt + decode(self.tokenizer, out[0])

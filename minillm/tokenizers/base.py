@@ -26,9 +26,7 @@ def check_vocab_size(kind, vocab_size):
 
 def read_texts(texts):
     """A corpus as a list of str: one str, or any iterable of str (lines, documents, ...)."""
-    if isinstance(texts, str):
-        return [texts]
-    out = list(texts)
+    out = [texts] if isinstance(texts, str) else list(texts)
     for t in out:
         if not isinstance(t, str):
             raise TypeError(f"train: the corpus must be str or an iterable of str, got an item of type {type(t).__name__}")

@@ -61,7 +61,13 @@ def _fail(message):
 def cmd_train(args):
     from tqdm import tqdm
 
-    from . import KINDS
+    from . import KINDS, PATTERNS
+    from .bpe import check_pattern
+    if args.kind == "bpe":
+        try:
+            check_pattern(PATTERNS.get(args.pattern, args.pattern))
+        except ValueError as e:
+            return _fail(f"--pattern: {e}")
     texts = []
     for path in args.input:
         try:
