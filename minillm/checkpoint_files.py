@@ -133,7 +133,7 @@ def check_config_fits(config, arrays, where):
         wanted = count_parameters(config)
     except (ValueError, TypeError, ZeroDivisionError, OverflowError):
         return
-    if wanted > 2 * held + 1_000_000:        # quantized weights pack two values a byte; leave room
+    if wanted > 2 * held + 1_000_000:        # quantized weights pack two values a byte; leave room (count is closed-form)
         raise CheckpointError(f"{where}: the model config describes {wanted:,} parameters but model.safetensors "
                               f"holds {held:,} values; the config does not match the weights")
     wte = arrays.get("wte.weight")

@@ -72,9 +72,10 @@ def _flags(args):
 def _configs(args):
     """The model spec and training config of a new run: a preset or a config file, then the flags.
     --max-iters moves the end of the cosine decay with it when the decay ended at the run's end."""
-    from .config import config_from_dict
+    from .config import check_fields, config_from_dict, field_kinds
     from .train import TrainConfig
     where, model, train = _spec(args)
+    check_fields(train, field_kinds(TrainConfig), f"{where}: train")
     flag_model, flag_train = _flags(args)
     if "max_iters" in flag_train and "lr_decay_iters" not in flag_train and train.get("lr_decay_iters") is not None:
         follows = train["lr_decay_iters"] == train.get("max_iters", TrainConfig.max_iters)
@@ -145,11 +146,13 @@ def _prepare_train(args, out, lock):
     from .config import config_from_dict
     from .data import build_tokenizer, read_text
     from .models import ModelConfig
+    from .train_config import check_model_fits
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pass one")
     if not args.resume:
         where, model_spec, train_config = _configs(args)        # bad settings: an error before any write
-        config_from_dict(ModelConfig, {**model_spec, "vocab_size": model_spec.get("vocab_size") or 1}, f"{where}: model")
+        check_model_fits(config_from_dict(ModelConfig, {**model_spec, "vocab_size": model_spec.get("vocab_size") or 1},
+                                          f"{where}: model"))
         text = read_text(args.data)
     lock.acquire()
     _check_out(args, out)

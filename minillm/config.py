@@ -28,7 +28,10 @@ NAMES = {int: "an int", float: "a number", str: "a string", bool: "true or false
 
 def read_config(path, what="config"):
     """The JSON object in the file at path. A missing, unreadable, non-UTF-8 or invalid file, or one
-    holding something other than an object, raises ValueError naming the file."""
+    holding something other than an object, raises ValueError naming the file. Only a regular file
+    is opened (a FIFO or a device would block or never end)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{what} file {os.fspath(path)!r} is not a regular file")
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
@@ -149,6 +152,14 @@ def max_threads():
     """The most threads minillm accepts: 4 x the machine's CPUs (more only slows down, and OpenMP
     fails to create tens of thousands of threads, or crashes)."""
     return 4 * (os.cpu_count() or 1)
+
+
+def physical_memory():
+    """Bytes of RAM in this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _flag_type(name, convert, check, expected):

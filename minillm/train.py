@@ -34,7 +34,8 @@ from .generate import generate
 from .models import DecoderLM, ModelConfig
 from .optim import SGD, AdamW, cosine_lr, param_groups
 from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
-from .train_config import RESUMABLE, TrainConfig, check_train_config, resume_config  # noqa: F401 (also public here)
+from .train_config import (RESUMABLE, TrainConfig, check_model_fits, check_train_config,  # noqa: F401 (public here too)
+                           resume_config)
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,6 +123,7 @@ class Trainer:
         cache_dir = os.path.join(out_dir, "cache") if data_path is None else os.path.dirname(os.path.abspath(data_path))
         ids = self.comm.root_first(lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir))
         self.data = TokenData(ids, train_config.val_fraction)
+        check_model_fits(model_config)
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
         self.model = DecoderLM(model_config, rng=self.init_rng)
         self.data_rng = np.random.default_rng([train_config.seed, 1])

@@ -100,6 +100,21 @@ def resume_config(saved, max_iters, overrides=None):
     return values
 
 
+def check_model_fits(model_config, bytes_per_parameter=16, what="training"):
+    """ValueError if the model cannot fit in this machine's memory: its parameters times
+    bytes_per_parameter (16 to train: float32 weights, gradients and AdamW's two moments; 4 to run)
+    against the RAM. A config of a trillion layers is refused here instead of being built block by
+    block until the machine gives out."""
+    from .config import physical_memory
+    from .scaling.counts import count_parameters
+    ram = physical_memory()
+    params = count_parameters(model_config)
+    if ram and params * bytes_per_parameter > ram:
+        raise ValueError(f"the model has {params:,} parameters: {what} it needs about "
+                         f"{params * bytes_per_parameter / 2 ** 30:,.1f} GiB, more than this machine's "
+                         f"{ram / 2 ** 30:,.1f} GiB of memory")
+
+
 def resume_conflicts(saved_model, saved_train, model, train):
     """[(section, key, given, saved)] for each setting in model / train (what a config file and the
     flags say) that differs from the checkpoint's and that a resumed run cannot change (RESUMABLE
