@@ -51,6 +51,7 @@ BAD = [
     (["train", "--data", "{d}/missing.txt", "--out", "{d}/out"], "argument --data: file '{d}/missing.txt' does not exist"),
     (["train", "--data", "{d}", "--out", "{d}/out"], "argument --data: '{d}' is not a regular file"),
     (["train", "--out", "{d}/a_file"], "argument --out: '{d}/a_file' exists and is not a directory"),
+    (TRAIN[:-3] + ["--out", "{d}/a_file/run"], "minillm: error: '{d}/a_file/run' Not a directory"),
     (TRAIN + ["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
     (["generate", "--ckpt", "{d}", "--temperature", "nan"], "argument --temperature: must be a finite number >= 0"),
     (["generate", "--ckpt", "{d}", "--temperature", "-1"], "argument --temperature: must be a finite number >= 0"),
