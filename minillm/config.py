@@ -148,6 +148,10 @@ def config_from_dict(cls, values, where=None):
 
 # ---- command-line values: argparse types ----------------------------------------------------
 
+class UsageError(ValueError):
+    """Bad input from the command line: reported in one line, exit code 2."""
+
+
 def max_threads():
     """The most threads minillm accepts: 4 x the machine's CPUs (more only slows down, and OpenMP
     fails to create tens of thousands of threads, or crashes)."""

@@ -31,7 +31,7 @@ LAYERS = [
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+    ("top", ["minillm.cli", "minillm.cli_train", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

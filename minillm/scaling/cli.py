@@ -75,14 +75,15 @@ def add_parser(sub):
 
 
 def _model_config(args):
-    from ..config import read_config
+    from ..config import check_kind, config_from_dict, read_config
     from ..data import build_tokenizer, read_text
     from ..models import ModelConfig, load_preset
     if args.config and args.preset:
         raise ValueError("scaling count: pass --preset or --config, not both")
+    where = f"config file {args.config!r}" if args.config else "preset"
     if args.config:
         spec = read_config(args.config)
-        model = dict(spec.get("model", spec))
+        model = dict(check_kind(spec.get("model", spec), dict, f"{where}: model"))
         model.pop("description", None)
     else:
         model = dict(load_preset(args.preset or "shakespeare-char")["model"])
@@ -90,7 +91,7 @@ def _model_config(args):
         model["vocab_size"] = args.vocab_size
     if model.get("vocab_size") is None:
         model["vocab_size"] = build_tokenizer("char", read_text()).vocab_size
-    return ModelConfig.from_dict(model)
+    return config_from_dict(ModelConfig, model, f"{where}: model")
 
 
 def cmd_count(args):

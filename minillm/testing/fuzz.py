@@ -42,7 +42,8 @@ NUMBERS = ["0", "-1", "1", "2", "nan", "inf", "-inf", "", "abc", "1e309", "1.5",
 HUGE = ["1e30", "1e-30", "4294967297", str(2 ** 63), "9" * 30]
 STRINGS = ["", " ", "to", "\ud800", "<|endoftext|>", "é中🙂", "\n\n", "x" * 3000, "\x7f", "[UNK]"]
 PATTERNS = ["gpt2", "cl100k", "[", r"\w+", r"(a)|.", r"\S+|\s+", "(?", ".", r"\s*", ""]
-VALUES = [None, "x", "", [], {}, -1, 0, 1, 10 ** 12, 1.5, True, float("nan"), float("inf"), "../../x", "/dev/zero",
+UP = os.path.join("..", "..", "x")     # a path out of the directory that holds it
+VALUES = [None, "x", "", [], {}, -1, 0, 1, 10 ** 12, 1.5, True, float("nan"), float("inf"), UP, "/dev/zero",
           [1, 2], {"a": 1}, "checkpoint-1"]
 
 
@@ -248,7 +249,7 @@ def _checkpoint_case(rng, paths, workdir):
     committed = resolve_checkpoint(run)
     if rng.random() < 0.15:
         with open(os.path.join(run, "latest"), "wb") as f:
-            f.write(rng.choice((b"", b"checkpoint-9", b"../run", b"checkpoint-2\x00", b"\xff" * 4, b"/tmp")))
+            f.write(rng.choice((b"", b"checkpoint-9", UP.encode(), b"checkpoint-2\x00", b"\xff" * 4, b"/tmp")))
     else:
         _damage_tree(rng, committed, listing(committed) + ["state.json"], committed)
     command = rng.choice(("generate",) * 6 + ("eval",) * 2 + ("resume", "quantize"))
@@ -335,6 +336,15 @@ def _run_here(case, deadline):
     return judge(code, err.getvalue()), err.getvalue().strip()[-300:]
 
 
+def _passable(argv):
+    """Whether argv can go to a new process (a lone surrogate such as \ud800 cannot be encoded)."""
+    try:
+        [os.fsencode(a) for a in argv]
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _run_subprocess(case, deadline, root):
     env = dict(os.environ, PYTHONPATH=root, **case.env)
     try:
@@ -357,7 +367,7 @@ def run(all_cases, deadline=20, workdir=None):
             if not case.env:
                 verdict, detail = _run_here(case, deadline)
                 outcomes.append(Outcome(case.kind, case.argv, verdict, detail))
-            if case.subprocess:
+            if case.subprocess and _passable(case.argv):
                 verdict, detail = _run_subprocess(case, 3 * deadline, root)
                 outcomes.append(Outcome(case.kind + " (subprocess)", case.argv, verdict, detail))
     finally:
