@@ -113,11 +113,11 @@ def has_checkpoint(directory):
 
 
 def checkpoint_leftovers(directory):
-    """The names in directory that belong to checkpoints (to be refused without --overwrite)."""
+    """The names in directory that belong to checkpoints (to be refused without --overwrite). The
+    temporaries of killed saves are not among them: they are never data, and the next save removes them."""
     if not os.path.isdir(directory):
         return []
-    return sorted(n for n in os.listdir(directory)
-                  if n in LEGACY_FILES or n == POINTER or _NAME.fullmatch(n) or _STALE.fullmatch(n))
+    return sorted(n for n in os.listdir(directory) if n in LEGACY_FILES or n == POINTER or _NAME.fullmatch(n))
 
 
 def discard_checkpoint(directory):

@@ -84,7 +84,11 @@ def verify_digests(directory, state, wanted):
         path = confined(directory, name, where)
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise CheckpointError(f"{where}: digests.{name} must be a SHA-256 (64 hex digits), got {digest!r:.50}")
-        if sha256(path) != digest:
+        try:
+            actual = sha256(path)
+        except OSError as error:                         # e.g. removed by a save since it was found
+            raise CheckpointError(f"cannot read checkpoint file {path!r}: {error.strerror or error}") from None
+        if actual != digest:
             raise CheckpointError(f"checkpoint file {path!r} is corrupt (its SHA-256 does not match state.json)")
 
 

@@ -122,3 +122,12 @@ def test_weights_without_a_committed_checkpoint_are_not_overwritten(tmp_path, fi
     assert (out / "model.safetensors").read_bytes() == b"somebody's weights"
     assert run_cli(capsys, "train", *files, "--out", str(out), "--overwrite")[0] == 0
     assert not (out / "model.safetensors").exists() and ckpt.has_checkpoint(str(out))
+
+
+def test_a_first_save_killed_half_way_does_not_block_the_same_command(tmp_path, files, capsys):
+    out = tmp_path / "run"
+    (out / ".tmp-99999-0-abcdef").mkdir(parents=True)            # what a kill in the first save leaves
+    (out / ".tmp-99999-0-abcdef" / "model.safetensors").write_bytes(b"half")
+    code, stdout, stderr = run_cli(capsys, "train", *files, "--out", str(out))
+    assert code == 0, stderr
+    assert not any(n.startswith(".tmp-") for n in os.listdir(out))
