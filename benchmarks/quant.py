@@ -117,8 +117,8 @@ def decode_seconds(model, prompt, new_tokens):
 def checkpoint_size(model):
     from minillm.tokenizers import CharTokenizer
     with tempfile.TemporaryDirectory() as d:
-        ckpt.save_checkpoint(d, model, CharTokenizer("ab"), state={})
-        return os.path.getsize(os.path.join(d, "model.safetensors"))
+        written = ckpt.save_checkpoint(d, model, CharTokenizer("ab"), state={})
+        return os.path.getsize(os.path.join(written, "model.safetensors"))
 
 
 def bench_decode(args):
@@ -151,7 +151,7 @@ def bench_decode(args):
 
 def train(out, preset, iters, extra=()):
     from minillm.cli import main
-    if os.path.exists(os.path.join(out, "state.json")):
+    if ckpt.has_checkpoint(out):
         return out
     code = main(["train", "--preset", preset, "--out", out, "--max-iters", str(iters), "--sample-tokens", "0",
                  "--eval-interval", str(iters), *extra])

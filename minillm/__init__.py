@@ -15,7 +15,26 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
-from . import kernels
+from .config import max_threads
+
+
+def _clamp_omp_num_threads():
+    """OpenMP reads OMP_NUM_THREADS when the extension loads, and a value far beyond the machine
+    makes it fail to create threads or crash (1,000,000 overflows its stack): clamp it to
+    max_threads() first, with a warning. Returns the clamped count, or None if it was fine."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    first = value.split(",")[0].strip()
+    if not first.isdigit() or int(first) <= max_threads():
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(max_threads())
+    warnings.warn(f"minillm: OMP_NUM_THREADS={value} is more than 4 x the {os.cpu_count()} CPUs; using "
+                  f"{max_threads()}", RuntimeWarning, stacklevel=3)
+    return max_threads()
+
+
+_CLAMPED_THREADS = _clamp_omp_num_threads()
+
+from . import kernels  # noqa: E402 (after OMP_NUM_THREADS is made safe: OpenMP reads it as the extension loads)
 
 if TYPE_CHECKING:
     from .autograd import Function, Tensor, concat, is_grad_enabled, no_grad, stack, tensor  # noqa: F401
@@ -58,9 +77,18 @@ def build_info():
 
 
 def set_num_threads(n):
-    """Threads the native kernels use (OpenMP); OMP_NUM_THREADS sets the default."""
+    """Threads the native kernels use (OpenMP); OMP_NUM_THREADS sets the default. n must be >= 1;
+    more than max_threads() (4 x the CPUs) is clamped to it, with a warning (OpenMP cannot make
+    tens of thousands of threads, and more than the cores only slows the kernels down)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n > max_threads():
+        warnings.warn(f"minillm: set_num_threads({n}) is more than 4 x the {os.cpu_count()} CPUs; using "
+                      f"{max_threads()}", RuntimeWarning, stacklevel=2)
+        n = max_threads()
     if kernels.native._C is not None:
-        kernels.native._C.set_num_threads(int(n))
+        kernels.native._C.set_num_threads(n)
 
 
 def load_pretrained(source, dequantize=False):
@@ -73,6 +101,9 @@ def load_pretrained(source, dequantize=False):
 def get_num_threads():
     return kernels.native._C.get_num_threads() if kernels.native._C is not None else 1
 
+
+if _CLAMPED_THREADS is not None and kernels.native._C is not None:
+    kernels.native._C.set_num_threads(_CLAMPED_THREADS)   # in case OpenMP was loaded (and read it) before us
 
 if kernels.native._C is None and os.environ.get("MINILLM_BACKEND", "").lower() != "numpy":
     warnings.warn(f"minillm: the native extension is not built ({kernels.native.IMPORT_ERROR}); "

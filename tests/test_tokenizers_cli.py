@@ -45,7 +45,7 @@ def test_errors_exit_1_with_a_message(tmp_path, capsys):
     assert "smaller than the 256 byte tokens" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", str(tmp_path / "missing.txt"),
                  "--out", out]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", CORPUS, "--out", out, "--no-progress"]) == 0
     assert main(["tokenizer", "encode", "--tokenizer", out, "--text", "a <|endoftext|>"]) == 2
     assert "not allowed" in capsys.readouterr().err

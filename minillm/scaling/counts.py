@@ -87,7 +87,10 @@ def count_parameters(config, exclude_embeddings=False, active=False):
 
     active=True: per token, with top_k of the n_experts FFNs in each MoE block (equal to the total
     for a dense model)."""
-    n = sum(block_params(config, i, active) for i in range(config.n_layer)) + norm_params(config)
+    n_experts, _, every = _moe(config)
+    n_moe = config.n_layer // every if n_experts > 0 else 0           # blocks i with (i + 1) % every == 0
+    n = (config.n_layer - n_moe) * block_params(config, 0, active) if n_moe < config.n_layer else 0
+    n += n_moe * block_params(config, every - 1, active) + norm_params(config)
     n += head_params(config)
     return n if exclude_embeddings else n + embedding_params(config)
 

@@ -7,7 +7,7 @@ like the other tokenizers, with the characters in minillm_tokenizer.json.
 """
 import numpy as np
 
-from .base import Tokenizer, read_texts
+from .base import Tokenizer, check_unicode, meta_fields, read_texts
 
 
 class CharTokenizer(Tokenizer):
@@ -40,7 +40,7 @@ class CharTokenizer(Tokenizer):
         """Ids of text's characters; a character outside the vocabulary raises ValueError."""
         if not isinstance(text, str):
             raise TypeError(f"encode: text must be str, got {type(text).__name__}")
-        points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+        points = np.frombuffer(check_unicode(text).encode("utf-32-le"), dtype=np.uint32)
         n = len(self.chars)
         ids = np.searchsorted(self.codepoints, points)
         bad = (ids >= n) | (self.codepoints[np.minimum(ids, n - 1)] != points) if n else np.ones(len(points), bool)
@@ -68,4 +68,7 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, directory, meta):
+        meta_fields(directory, meta, {"chars": str})
+        if "chars" not in meta:
+            raise ValueError(f"load: {directory}: a char tokenizer's file needs 'chars'")
         return cls(meta["chars"])
