@@ -103,6 +103,26 @@ def test_capacity_drops_exactly_the_latest_assignments():
     assert route(idx, 2, None)["kept"].sum() == 8
 
 
+@pytest.mark.parametrize("N, E, k, cf", [(5, 4, 1, 1.0), (6, 4, 1, 1.25), (3, 4, 1, 1.0), (9, 4, 1, 0.5),
+                                         (7, 3, 2, 1.0), (5, 4, 2, 0.75), (10, 4, 2, 0.25), (8, 4, 1, 1.0),
+                                         (6, 4, 2, 1.0)])
+def test_an_expert_takes_ceil_of_cf_k_n_over_e_tokens_when_that_is_fractional(N, E, k, cf):
+    # every token chooses experts 0..k-1, so each of them is offered N assignments and keeps its
+    # capacity, ceil(cf * k * N / E) (exact here: the factors are binary fractions), earliest first
+    capacity = -(-int(cf * 4) * k * N // (4 * E))                # ceil of the exact rational
+    assert capacity == math.ceil(cf * k * N / E)
+    assert capacity_of(N, E, k, cf) == capacity
+    moe, rng = make_moe(4, 3, E, k, capacity_factor=cf)
+    x = rng.standard_normal((N, 4))
+    routing = np.tile(np.arange(k), (N, 1))                      # (N, k)
+    y = moe(x, routing=routing).data
+    kept = min(N, capacity)
+    assert moe.stats["dropped"] == pytest.approx(1 - kept / N)
+    assert (np.abs(y[:kept]).max(axis=1) > 0).all() and not y[kept:].any()   # the latest tokens get zero
+    moe.eval()                                                   # no capacity when not training
+    assert not (moe(x, routing=routing).data == 0).all(axis=1).any() and moe.stats["dropped"] == 0
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_dropped_tokens_get_zero_from_the_ffn(k):
     moe, rng = make_moe(4, 6, 4, k, capacity_factor=0.5)
