@@ -137,3 +137,65 @@ def test_viterbi_on_a_sentencepiece_model_gives_sentencepieces_pieces(tmp_path):
                              if not (sp.is_control(i) or sp.is_unknown(i))])
     for line in lines:
         assert pieces(ours, ours.encode(line)) == sp.encode(line, out_type=str)
+
+
+# ---- Viterbi's tie rule, on the reference and the native lattice ---------------------------------
+# Among the most likely segmentations, the one whose last piece starts earliest (is longest) wins,
+# then the same rule on the rest of the word: edges ending at a position are tried by ascending
+# start and a later one must score strictly more, as in SentencePiece's Viterbi.
+
+LATTICES = [False] + ([True] if _native() is not None else [])
+
+
+def segmentation_by_definition(tok, word):
+    """Every segmentation of word into pieces (at most max_piece_len characters) and unknown
+    characters (those that are no piece, scored as the byte fallback), scored by the sum of log p;
+    the best, ties broken by the rule above. Returns its tokens (byte tokens for unknowns)."""
+    scores = dict(tok.pieces)
+    unk = min(scores.values()) - 10.0
+
+    def ending_at(e):                      # [(score, reversed starts, tokens)] of word[:e]
+        if e == 0:
+            return [(0.0, (), [])]
+        out = []
+        for s in range(max(0, e - tok.max_piece_len), e):
+            piece = word[s:e]
+            if piece in scores:
+                out += [(sc + scores[piece], (s,) + starts, toks + [piece]) for sc, starts, toks in ending_at(s)]
+        if word[e - 1] not in scores:
+            unknown = [f"<0x{b:02X}>" for b in word[e - 1].encode("utf-8")]
+            out += [(sc + unk, (e - 1,) + starts, toks + unknown) for sc, starts, toks in ending_at(e - 1)]
+        return out
+
+    segs = ending_at(len(word))
+    best = max(sc for sc, _, _ in segs)
+    return min((starts, toks) for sc, starts, toks in segs if sc == best)[1]
+
+
+@pytest.mark.parametrize("native", LATTICES)
+def test_viterbi_ties_go_to_the_longest_last_piece_worked_by_hand(native):
+    # "▁ab" = -2 ties "▁a" + "b" = -1 + -1
+    tok = UnigramTokenizer([("▁ab", -2.0), ("▁a", -1.0), ("b", -1.0), ("▁", -5.0), ("a", -5.0)], use_native=native)
+    assert pieces(tok, tok.encode("ab")) == ["▁ab"]
+    assert pieces(tok, tok.encode("abab")) == ["▁ab", "a", "b"] == segmentation_by_definition(tok, "▁abab")
+    # "x" is no piece: "ax" = -5 ties "a" + the unknown "x" = 10 + (-5 - 10)
+    tok = UnigramTokenizer([("▁", -1.0), ("a", 10.0), ("ax", -5.0)], use_native=native)
+    assert pieces(tok, tok.encode("ax")) == ["▁", "ax"]
+
+
+@st.composite
+def word_and_vocab(draw):
+    """A word and a vocabulary of its substrings (and a few others) with small integer log-probabilities."""
+    word = "▁" + draw(st.text("abc", min_size=1, max_size=7))
+    substrings = sorted({word[s:e] for s in range(len(word)) for e in range(s + 1, min(len(word), s + 4) + 1)})
+    chosen = draw(st.lists(st.sampled_from(substrings + ["c", "ba", "▁c"]), min_size=1, max_size=16, unique=True))
+    return word[1:], [(p, float(draw(st.integers(-4, -1)))) for p in chosen]
+
+
+@pytest.mark.parametrize("native", LATTICES)
+@given(word_and_vocab(), st.integers(1, 4))
+def test_viterbi_is_the_best_segmentation_with_its_tie_rule(native, word_and_vocab, max_piece_len):
+    # integer log-probabilities: sums are exact, so ties are real ties, and there are many
+    word, vocab = word_and_vocab
+    tok = UnigramTokenizer(vocab, max_piece_len=max_piece_len, use_native=native)
+    assert pieces(tok, tok.encode(word)) == segmentation_by_definition(tok, "▁" + word)
