@@ -1,5 +1,6 @@
 """WordPiece (BERT-style): greedy longest-match-first with ## and [UNK], BERT's basic
 pre-tokenization, likelihood-scored merges worked by hand, vocab.txt, parity with HF tokenizers."""
+import itertools
 import os
 
 import pytest
@@ -8,6 +9,11 @@ from hypothesis import strategies as st
 
 from minillm.tokenizers import WordPieceTokenizer, load
 from minillm.tokenizers.wordpiece import SPECIALS, basic_tokenize
+
+try:
+    import tokenizers.models as hf_models
+except ImportError:
+    hf_models = None
 
 HERE = os.path.dirname(__file__)
 CORPUS = open(os.path.join(HERE, "data", "tinyshakespeare_head.txt"), encoding="utf-8").read()
@@ -45,7 +51,7 @@ def test_decode_encode_is_the_pre_tokenized_text_when_trained_on_it(text):
     if not words:
         return
     tok = WordPieceTokenizer.train(text, 10000)   # the alphabet is in the vocabulary: no [UNK]
-    assert tok.decode(tok.encode(text)) == " ".join(words)
+    assert tok.decode(tok.encode(text, disallowed_special=())) == " ".join(words)   # "[UNK]" in text is text
 
 
 def test_training_is_deterministic(trained):
@@ -79,3 +85,60 @@ def test_bad_input_gives_clear_errors(trained):
         WordPieceTokenizer(["a", "b"])
     with pytest.raises(ValueError, match="not allowed"):
         trained.encode("hi [CLS]")
+
+
+# ---- the edge rules of encoding: the word-length limit, a missing "##" piece, greedy without backtracking
+
+
+def wordpiece_by_definition(vocab, word, limit):
+    """Greedy longest-match-first: the longest vocabulary entry that is a prefix of the word, then the
+    longest "##" entry that is a prefix of the rest, ...; [UNK] for the whole word if some rest has
+    none, or if the word has more than `limit` characters."""
+    if len(word) > limit:
+        return ["[UNK]"]
+    out, start = [], 0
+    while start < len(word):
+        prefix = "" if start == 0 else "##"
+        ends = [end for end in range(start + 1, len(word) + 1) if prefix + word[start:end] in vocab]
+        if not ends:
+            return ["[UNK]"]
+        out.append(prefix + word[start:max(ends)])
+        start = max(ends)
+    return out
+
+
+def test_edge_rules_worked_by_hand():
+    tok = WordPieceTokenizer(list(SPECIALS) + ["a", "##b", "z", "abc", "##bcd", "##a"])
+    assert tok.tokenize("ab") == ["a", "##b"]
+    assert tok.tokenize("az ab") == ["[UNK]", "a", "##b"]   # "z" starts words only: no "##z", so all of "az" is [UNK]
+    assert tok.tokenize("b") == ["[UNK]"]                   # "##b" continues words only
+    assert tok.tokenize("abcd") == ["[UNK]"]                # greedy takes "abc"; no "##d"; "a ##bcd" is not tried
+    assert tok.tokenize("a" + "b" * 99) == ["a"] + ["##b"] * 99          # 100 characters: the limit itself
+    assert tok.tokenize("a" + "b" * 100) == ["[UNK]"]                    # 101: more than the limit
+    short = WordPieceTokenizer(tok.vocab, max_input_chars_per_word=3)
+    assert short.tokenize("aba abab") == ["a", "##b", "##a", "[UNK]"]
+
+
+@st.composite
+def vocab_words_limit(draw):
+    pieces = ["".join(t) for n in (1, 2, 3) for t in itertools.product("ab", repeat=n)]
+    vocab = draw(st.lists(st.sampled_from(pieces + ["##" + p for p in pieces]), min_size=1, max_size=14, unique=True))
+    words = draw(st.lists(st.text("ab", min_size=1, max_size=8), min_size=1, max_size=4))
+    return list(SPECIALS) + vocab, words, draw(st.integers(1, 9))
+
+
+@given(vocab_words_limit())
+def test_encoding_is_greedy_longest_match_first_with_its_edge_rules(case):
+    vocab, words, limit = case
+    tok = WordPieceTokenizer(vocab, max_input_chars_per_word=limit)
+    expected = [t for w in words for t in wordpiece_by_definition(set(vocab), w, limit)]
+    assert tok.tokenize(" ".join(words)) == expected
+
+
+@pytest.mark.skipif(hf_models is None, reason="the tokenizers package is not installed")
+@given(vocab_words_limit())
+def test_encoding_equals_hf_tokenizers_wordpiece_model(case):
+    vocab, words, limit = case
+    hf = hf_models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=limit)
+    tok = WordPieceTokenizer(vocab, max_input_chars_per_word=limit)
+    assert tok.tokenize(" ".join(words)) == [t.value for w in words for t in hf.tokenize(w)]
