@@ -124,10 +124,10 @@ DECODE_FLAVOURS = {
 }
 
 
-def decode_model(flavour, block_size=24):
+def decode_model(flavour, block_size=24, dtype=np.float64):
     config = ModelConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=4, n_embd=16, init_std=0.5,
                          **DECODE_FLAVOURS[flavour])
-    return DecoderLM(config, rng=np.random.default_rng(1), dtype=np.float64)
+    return DecoderLM(config, rng=np.random.default_rng(1), dtype=dtype)
 
 
 def greedy_by_hand(model, prompt, n):
@@ -153,6 +153,13 @@ def test_greedy_generation_equals_the_argmax_loop_over_the_whole_sequence(flavou
     assert alone == expected
     # the prompts of different lengths together, left-padded into one batch
     assert generate(model, DECODE_PROMPTS, 14, temperature=0, use_cache=use_cache) == expected
+
+
+def test_float32_greedy_generation_equals_the_argmax_loop():
+    # the cache holds the model's dtype (the logits' top-2 gaps here are far above float32 rounding)
+    model = decode_model("rope gqa", dtype=np.float32)
+    expected = [greedy_by_hand(model, p, 10) for p in DECODE_PROMPTS]
+    assert generate(model, DECODE_PROMPTS, 10, temperature=0) == expected
 
 
 @pytest.mark.parametrize("flavour", ["learned", "rope gqa"])
