@@ -57,6 +57,11 @@ def scratch_copy(ref, into):
         shutil.copy2(built[0], os.path.join(into, "minillm"))
     else:
         run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], into)
+    # tests read ../../shared/data beside the repository when it is there (the GPT-2 rank file);
+    # mutmut runs them from <copy>/mutants/tests, so the copy gets a link to it
+    shared = os.path.join(os.path.dirname(ROOT), "shared")
+    if os.path.isdir(shared):
+        os.symlink(shared, os.path.join(into, "shared"))
 
 
 def mutmut_section(mutate, tests, into):
