@@ -1,7 +1,9 @@
 """Unigram (SentencePiece-style): Viterbi and sampling on a hand-built model, round trips up to
 the normalisation with byte fallback, EM training that finds the frequent words, files, errors."""
 import os
+from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -147,14 +149,14 @@ def test_viterbi_on_a_sentencepiece_model_gives_sentencepieces_pieces(tmp_path):
 LATTICES = [False] + ([True] if _native() is not None else [])
 
 
-def segmentation_by_definition(tok, word):
+def segmentations(tok, word):
     """Every segmentation of word into pieces (at most max_piece_len characters) and unknown
-    characters (those that are no piece, scored as the byte fallback), scored by the sum of log p;
-    the best, ties broken by the rule above. Returns its tokens (byte tokens for unknowns)."""
+    characters (those that are no piece, scored as the byte fallback: the lowest log p - 10), as
+    (sum of log p, starts from the last piece back, tokens with byte tokens for unknowns)."""
     scores = dict(tok.pieces)
     unk = min(scores.values()) - 10.0
 
-    def ending_at(e):                      # [(score, reversed starts, tokens)] of word[:e]
+    def ending_at(e):
         if e == 0:
             return [(0.0, (), [])]
         out = []
@@ -167,7 +169,12 @@ def segmentation_by_definition(tok, word):
             out += [(sc + unk, (e - 1,) + starts, toks + unknown) for sc, starts, toks in ending_at(e - 1)]
         return out
 
-    segs = ending_at(len(word))
+    return ending_at(len(word))
+
+
+def segmentation_by_definition(tok, word):
+    """The most likely segmentation's tokens, ties broken by the rule above."""
+    segs = segmentations(tok, word)
     best = max(sc for sc, _, _ in segs)
     return min((starts, toks) for sc, starts, toks in segs if sc == best)[1]
 
@@ -199,3 +206,35 @@ def test_viterbi_is_the_best_segmentation_with_its_tie_rule(native, word_and_voc
     word, vocab = word_and_vocab
     tok = UnigramTokenizer(vocab, max_piece_len=max_piece_len, use_native=native)
     assert pieces(tok, tok.encode(word)) == segmentation_by_definition(tok, "▁" + word)
+
+
+@pytest.mark.parametrize("word, alpha", [("abc", 0.5), ("abx", 0.3), ("cab", 1.0)])
+def test_sampling_draws_each_segmentation_with_probability_p_to_the_alpha(hand, word, alpha):
+    segs = segmentations(hand, "▁" + word)                  # "x" is no piece: it is always its byte
+    weights = np.exp(alpha * np.array([sc for sc, _, _ in segs]))
+    expected = dict(zip((tuple(t) for _, _, t in segs), weights / weights.sum()))
+    n = 3000
+    drawn = Counter(tuple(pieces(hand, hand.encode_sample(word, alpha=alpha, seed=s))) for s in range(n))
+    assert set(drawn) <= set(expected)
+    for toks, p in expected.items():
+        assert drawn[toks] / n == pytest.approx(p, abs=0.03), toks
+
+
+def test_special_token_ids_decode_to_their_text(hand):
+    assert hand.decode([1, 3 + 256, 2]) == "<s> ab</s>"
+    assert hand.decode(np.array([0, 3 + 256])) == "<unk> ab"            # NumPy ints are ids too
+
+
+def test_training_sizes_and_special_tokens(trained):
+    assert trained.vocab_size == 3 + 256 + 300                          # the corpus has enough pieces
+    one = UnigramTokenizer.train("hello world " * 10, 1 + 256 + 10, special_tokens="<pad>")
+    assert one.special_tokens == {"<pad>": 0} and one.vocab_size <= 1 + 256 + 10
+    with pytest.raises(ValueError, match=r"use vocab_size >= 260"):
+        UnigramTokenizer.train(CORPUS, 259)
+
+
+def test_training_seeds_with_the_most_frequent_substrings_first():
+    # a seed list of 12 holds only the top substrings by frequency * length: the two words among them
+    text = "hello world " * 40 + "help held hollow whirl "
+    tok = UnigramTokenizer.train(text, 3 + 256 + 20, seed_size=12)
+    assert pieces(tok, tok.encode("hello world")) == ["▁hello", "▁world"]
