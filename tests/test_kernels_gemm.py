@@ -56,6 +56,18 @@ def test_gemm_accumulates_into_out(simd_path, M, K, N, ta, tb, seed):
     check(out, reference.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb), K, np.float32)
 
 
+def test_reference_matmul_writes_or_adds_into_out():
+    rng = np.random.default_rng(5)
+    a, b, start = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal((3, 5))
+    out = start.copy()
+    assert reference.matmul(a, b, trans_b=True, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, start + a @ b.T, rtol=1e-14)
+    reference.matmul(a.T.copy(), b, trans_a=True, trans_b=True, out=out)
+    np.testing.assert_allclose(out, a @ b.T, rtol=1e-14)
+    with pytest.raises(ValueError, match="matmul: accumulate=True needs out= to add into"):
+        reference.matmul(a, b.T, accumulate=True)
+
+
 def test_gemm_with_k_zero_is_the_bias_or_leaves_out_alone():
     a, b = np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)
     bias = np.arange(4, dtype=np.float32)
