@@ -154,6 +154,9 @@ MINILLM_AVX2 static void silu_backward_avx2(const float* dy, const float* x, flo
 
 // ---- dispatch: the best version for T on this CPU, one block at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa activation_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 template <typename T>
 static void gelu_forward_block(Isa isa, const T* x, T* y, std::int64_t n) {
     MINILLM_USE_AVX2(T, isa, gelu_forward_avx2(x, y, n));

@@ -56,6 +56,9 @@ struct AttentionArgs {
     const bool* key_padding_mask;
 };
 
+// The path attention's tiles take now (minillm.build_info()["kernel_paths"]).
+Isa attention_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 namespace {
 
 constexpr int64_t kBr = 64;   // query rows per tile

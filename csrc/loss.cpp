@@ -91,6 +91,9 @@ MINILLM_AVX2 static void scale_row_avx2(const float* g, float scale, float* out,
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa cross_entropy_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 template <typename T>
 static T cross_entropy_row(Isa isa, const T* x, std::int64_t t, T* g, std::int64_t V) {
     MINILLM_USE_AVX2(T, isa, cross_entropy_row_avx2(x, t, g, V));

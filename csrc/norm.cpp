@@ -210,6 +210,9 @@ MINILLM_AVX2 static void layer_backward_row_avx2(const float* dy, const float* x
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa norm_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 template <typename T>
 static T rms_forward_row(Isa isa, const T* x, const T* w, T* y, std::int64_t C, double eps) {
     MINILLM_USE_AVX2(T, isa, rms_forward_row_avx2(x, w, y, C, eps));

@@ -20,6 +20,9 @@
 
 namespace minillm {
 
+// The path the quantized matmul takes now (minillm.build_info()["kernel_paths"]).
+Isa quant_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 enum class QuantScheme : int { int8 = 0, q8_0 = 1, q4_0 = 2, q4_1 = 3 };   // the binding's scheme ids
 
 namespace {

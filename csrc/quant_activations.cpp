@@ -13,6 +13,8 @@ namespace minillm {
 
 constexpr std::int64_t kGroup = kQuantGroup;
 
+Isa quantize_activations_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 static void quantize_row_scalar(const float* x, std::int64_t K, std::int8_t* xq, float* xd, float* xs) {
     for (std::int64_t g0 = 0, g = 0; g0 < K; g0 += kGroup, ++g) {
         const std::int64_t n = std::min(kGroup, K - g0);

@@ -146,6 +146,9 @@ MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const fl
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa softmax_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+
 template <typename T>
 static void softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
     MINILLM_USE_AVX2(T, isa, softmax_row_avx2(x, y, n));

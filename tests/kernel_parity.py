@@ -1,17 +1,45 @@
-"""Shared by the native-kernel parity tests: run each test on both SIMD paths, and compare with
-tolerances derived from the length of the reductions involved."""
+"""Shared by the native-kernel parity tests: run each test on every SIMD path the CPU supports, and
+compare with tolerances derived from the length of the reductions involved.
+
+A test module names its kernel family (`FAMILY = "gemm"`, a key of `_C.kernel_paths()`); the
+`simd_path` fixture then runs each test once per path of `_C.isa_names()` with that path forced.
+A path this CPU lacks is skipped, saying so (CI on an AVX2-only machine reports the AVX-512 paths
+as skipped). A path under which the family runs the code of a lower path (the float kernels take
+their avx2 code under avx2-vnni) is skipped as a duplicate of the path whose code it runs.
+"""
 import numpy as np
 import pytest
 
 from minillm.kernels import native
 
+PATHS = native._C.isa_names() if native.AVAILABLE else ["scalar"]
 
-@pytest.fixture(params=["simd", "scalar"])
+
+def family_path(family, path):
+    """The path `family` takes while `path` is forced."""
+    native._C.force_isa(path)
+    try:
+        return native._C.kernel_paths()[family]
+    finally:
+        native._C.force_isa(None)
+
+
+@pytest.fixture(params=PATHS)
 def simd_path(request):
-    """Run the test on the AVX2 path and again on the forced scalar twin."""
-    native._C.force_scalar(request.param == "scalar")
-    yield request.param
-    native._C.force_scalar(False)
+    """Force each path in turn (restoring the CPU's best afterwards); yields the path's name."""
+    path = request.param
+    if not native.AVAILABLE:
+        pytest.skip("the native extension is not built")
+    if path not in native._C.supported_isas():
+        pytest.skip(f"this CPU has no {path} (it supports {', '.join(native._C.supported_isas())})")
+    family = getattr(request.module, "FAMILY", None)
+    if family is not None:
+        taken = family_path(family, path)
+        if taken != path:
+            pytest.skip(f"{family} runs its {taken} code on the {path} path (tested there)")
+    native._C.force_isa(path)
+    yield path
+    native._C.force_isa(None)
 
 
 def tolerance(dtype, n):

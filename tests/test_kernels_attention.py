@@ -1,5 +1,5 @@
 """The native flash-style attention equals the NumPy reference (forward out and lse, backward dq, dk,
-dv; the AVX2 and the scalar path; float32 and float64), and its bindings reject bad arrays with
+dv; on every SIMD path; float32 and float64), and its bindings reject bad arrays with
 ValueError/TypeError instead of touching memory."""
 import math
 
@@ -11,17 +11,13 @@ from minillm.kernels import native, reference
 from minillm.kernels.reference.positions import alibi_slopes
 from minillm.testing.strategies import arrays_like, attention_configs, key_padding_masks
 
+from kernel_parity import simd_path  # noqa: E402,F401 (a fixture)
+
 if native.AVAILABLE:
     from minillm.kernels.native import attention as native_attention
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
-
-
-@pytest.fixture(params=["simd", "scalar"])
-def simd_path(request):
-    native._C.force_scalar(request.param == "scalar")
-    yield request.param
-    native._C.force_scalar(False)
+FAMILY = "attention"   # the simd_path fixture runs each test on every path this family has
 
 
 @st.composite

@@ -10,6 +10,7 @@ from minillm.kernels import native, reference
 from minillm.kernels.reference.quant import GROUP, SCHEMES, pack_int4, unpack_int4
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+FAMILY = "quant_matmul"   # the simd_path fixture runs each test on every path this family has
 
 if native.AVAILABLE:
     from minillm.kernels.native import quant as native_quant
