@@ -22,32 +22,6 @@ namespace {
 
 constexpr std::int64_t MR = 14, NR = 32, A_STRIDE = 16;
 
-// r[j] = column j of the 16 x 16 block whose rows were r[0..16): three rounds of shuffles
-// (pairs, quads, then 128-bit lanes twice).
-MINILLM_AVX512 inline void transpose16x16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {   // r[i + c], lane L: column 4L + c of rows i .. i + 3
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; ++c) {       // a 4 x 4 transpose of the 128-bit lanes of r[c], r[4+c], r[8+c], r[12+c]
-        const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-        const __m512 u3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-        t[c] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-        t[4 + c] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-        t[8 + c] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-        t[12 + c] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-    }
-    for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
-
 // dst[k * ldd + j] = src[j * lds + k] for j < rows (zeros for rows <= j < 16), k < kc: the rows of a
 // row-major block become k-major columns, 16 k at a time.
 MINILLM_AVX512 void pack_transposed(const float* src, std::int64_t lds, std::int64_t rows, std::int64_t kc, float* dst,

@@ -9,7 +9,7 @@
 
 namespace minillm {
 
-enum class Slot : int { gemm_b = 0, gemm_a = 1, quant_w = 2, quant_x = 3, count = 4 };
+enum class Slot : int { gemm_b = 0, gemm_a = 1, quant_w = 2, quant_x = 3, quant_x_u8 = 4, count = 5 };
 
 // At least n uninitialised T's on a 64-byte boundary, owned by this thread's `slot` until its next
 // call with the same slot. Never shared between threads unless the caller shares the pointer.
