@@ -57,7 +57,7 @@ struct AttentionArgs {
 };
 
 // The path attention's tiles take now (minillm.build_info()["kernel_paths"]).
-Isa attention_isa() { return best_isa(active_isa(), {Isa::avx2}); }
+Isa attention_isa() { return float_family_isa(); }
 
 namespace {
 
@@ -104,7 +104,8 @@ void forward_tile(const AttentionArgs<F>& a, Isa isa, int64_t b, int64_t h, int6
         scores(isa, vis, slope, D, q, k + j0 * D, transpose ? kt : nullptr, p0, j0, br, bc, s);   // (br, bc)
         for (int64_t r = 0; r < br; ++r) {                           // online softmax, S becomes P
             F* sr = s + r * bc;
-            const F m_new = std::max(m[r], attn::row_max(isa, sr, bc));
+            const F tile_max = attn::row_max(isa, sr, bc);            // NaN if a score is NaN
+            const F m_new = tile_max != tile_max ? tile_max : std::max(m[r], tile_max);
             if (m_new == F(-INFINITY)) {                             // nothing visible yet
                 std::fill(sr, sr + bc, F(0));
                 continue;
@@ -119,13 +120,13 @@ void forward_tile(const AttentionArgs<F>& a, Isa isa, int64_t b, int64_t h, int6
     F* out_rows = out + ((b * a.H + h) * T + i0) * D;
     F* lse_rows = lse + (b * a.H + h) * T + i0;
     for (int64_t r = 0; r < br; ++r) {
-        if (l[r] > F(0)) {
+        if (l[r] == F(0)) {                                          // saw no key
+            std::fill(out_rows + r * D, out_rows + (r + 1) * D, F(0));
+            lse_rows[r] = F(INFINITY);
+        } else {                                                     // l NaN (a NaN or +inf score): NaN row and lse
             attn::scale_row(isa, o + r * D, D, F(1) / l[r]);
             std::memcpy(out_rows + r * D, o + r * D, sizeof(F) * size_t(D));
             lse_rows[r] = m[r] + std::log(l[r]);
-        } else {
-            std::fill(out_rows + r * D, out_rows + (r + 1) * D, F(0));
-            lse_rows[r] = F(INFINITY);
         }
     }
 }
@@ -156,8 +157,11 @@ void backward_key_tile(const AttentionArgs<F>& a, Isa isa, const Visibility& vis
         const F* dor = dout + (head + i0) * D;
         scores(isa, vis, slope, D, q, k, kt, off + i0, j0, br, bc, p);   // S (br, bc)
         for (int64_t r = 0; r < br; ++r) attn::exp_shifted(isa, p + r * bc, p + r * bc, bc, lse[head + i0 + r]);
+        const bool boundary = !vis.all_visible(off + i0, off + i0 + br - 1, j0, j0 + bc);
+        if (boundary) zero_hidden(vis, off + i0, j0, br, bc, p);    // P = 0 where hidden, even if lse is NaN
         matmul_tile<F>(isa, br, bc, D, F(1), dor, D, false, vt, bc, dp, bc, false);          // dP = dO V^T
         for (int64_t r = 0; r < br; ++r) attn::softmax_grad_row(isa, p + r * bc, dp + r * bc, bc, delta[i0 + r]);
+        if (boundary) zero_hidden(vis, off + i0, j0, br, bc, dp);   // dS = 0 there too
         matmul_tile<F>(isa, br, D, bc, scale, dp, bc, false, k, D, dq + (head + i0) * D, D, true);   // dQ += s dS K
         matmul_tile<F>(isa, bc, D, br, F(1), p, bc, true, dor, D, dv, D, true);                  // dV += P^T dO
         matmul_tile<F>(isa, bc, D, br, scale, dp, bc, true, q, D, dk, D, true);                  // dK += s dS^T Q

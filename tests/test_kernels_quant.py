@@ -68,6 +68,16 @@ def test_native_activation_quantization_is_bitwise_the_reference(simd_path, M, K
         np.testing.assert_array_equal(got, want)
 
 
+def weight_magnitude(scheme, qw):
+    """|W| per value as the kernels sum it: |q d|, plus |m| for q4_1 (its min term is added separately
+    and may cancel against the scaled integer sum)."""
+    w = np.abs(reference.dequantize_weights(scheme, **qw))
+    if scheme == "q4_1":
+        w = np.abs(reference.dequantize_weights(scheme, qw["q"], qw["scale"], np.zeros_like(qw["min"])))
+        w += np.repeat(np.abs(qw["min"]), GROUP, axis=1)
+    return w.astype(np.float64)
+
+
 def integer_operands(rng, scheme, M, N, K):
     """x and W whose every group has scale 1, so the quantized matmul is exact integer arithmetic."""
     x = rng.integers(-127, 128, (M, K)).astype(np.float32)
@@ -105,7 +115,7 @@ def test_native_quant_matmul_equals_reference(simd_path, scheme, M, N, groups, t
     want = reference.quant_matmul(x, scheme, **qw, bias=b)
     got = native_quant.quant_matmul(x, scheme, **qw, bias=b)
     # same integer sums; only the float sum over K / 32 scaled groups is ordered differently
-    magnitude = np.abs(x) @ np.abs(reference.dequantize_weights(scheme, **qw)).T + (np.abs(b) if bias else 0)
+    magnitude = np.abs(x) @ weight_magnitude(scheme, qw).T + (np.abs(b) if bias else 0)
     np.testing.assert_array_less(np.abs(got - want), 1e-5 * magnitude + 1e-6)
 
 
@@ -168,8 +178,7 @@ def test_quant_matmul_propagates_nan_like_the_reference(simd_path, data, scheme,
     want, got = reference.quant_matmul(x, scheme, **qw), native_quant.quant_matmul(x, scheme, **qw)
     poisoned = ~np.isfinite(x).all(axis=1)
     assert np.isnan(want[poisoned]).all() and np.isnan(got[poisoned]).all()
-    magnitude = np.abs(np.nan_to_num(x, posinf=0, neginf=0)).astype(np.float64) @ \
-        np.abs(reference.dequantize_weights(scheme, **qw)).T.astype(np.float64)
+    magnitude = np.abs(np.nan_to_num(x, posinf=0, neginf=0)).astype(np.float64) @ weight_magnitude(scheme, qw).T
     safe = ~poisoned[:, None] & (magnitude < 1e36)
     assert np.isfinite(got[safe]).all()
     np.testing.assert_array_less(np.abs(got[safe] - want[safe]), 1e-5 * magnitude[safe] + 1e-30)
