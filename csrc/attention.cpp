@@ -35,6 +35,7 @@
 
 #include "attention_tiles.h"
 #include "binding.h"
+#include "parallel.h"
 #include "simd.h"
 
 namespace minillm {
@@ -177,7 +178,7 @@ void attention_forward(const AttentionArgs<F>& args, F* out, F* lse) {
     const Isa isa = simd_isa<F>();
     const int64_t tiles = (a.T + kBr - 1) / kBr, tasks = a.B * a.H * tiles;
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel if (tasks > 1 && big_enough(a))
+#pragma omp parallel num_threads(kernel_threads()) if (tasks > 1 && big_enough(a))
 #endif
     {
         std::vector<F> kt(a.D * kBc), s(kBr * kBc), o(kBr * a.D), m(kBr), l(kBr);
@@ -202,16 +203,17 @@ void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* ou
     const int64_t key_tiles = (S + kBc - 1) / kBc;
     // A task is (b, kv head, stripe): stripe s of `stripes` owns key tiles s, s + stripes, ..., so its
     // rows of dK and dV have one writer, and interleaving keeps causal stripes equally busy. One stripe
-    // unless there are fewer kv heads than threads (e.g. MQA at batch 1); then stripe s > 0 adds its dQ
-    // into its own dq-sized buffer (linear in T), summed into dq at the end.
+    // unless there are fewer kv heads than CPUs (e.g. MQA at batch 1); then stripe s > 0 adds its dQ
+    // into its own dq-sized buffer (linear in T), summed into dq at the end. The stripes follow the
+    // CPUs this process may use, not the threads running now, so the sums do not change with the load.
     int64_t stripes = 1;
 #if defined(MINILLM_OPENMP)
-    if (big_enough(a)) stripes = std::max<int64_t>(1, std::min(key_tiles, omp_get_max_threads() / kv_heads));
+    if (big_enough(a)) stripes = std::max<int64_t>(1, std::min<int64_t>(key_tiles, cpus_available() / kv_heads));
 #endif
     const int64_t dq_size = a.B * a.H * T * D, tasks = kv_heads * stripes;
     std::vector<F> dq_more(size_t((stripes - 1) * dq_size));
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel if (tasks > 1 && big_enough(a))
+#pragma omp parallel num_threads(kernel_threads()) if (tasks > 1 && big_enough(a))
 #endif
     {
         std::vector<F> kt(D * kBc), vt(D * kBc), p(kBr * kBc), dp(kBr * kBc), delta(T);

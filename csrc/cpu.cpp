@@ -1,7 +1,8 @@
 // Run-time CPU feature detection (the Isa every kernel dispatches on, see simd.h), the switch that
 // forces a path, and the bindings that report how the extension was built and what it uses:
 // openmp, cpu_simd, simd_in_use, supported_isas, force_isa, force_scalar, kernel_paths, cache_sizes,
-// get_num_threads, set_num_threads, compiler.
+// get_num_threads, set_num_threads, threads_in_use, set_adaptive_threads, adaptive_threads,
+// load_sample (load.cpp adapts the threads), compiler.
 #include <atomic>
 #include <cstdio>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "binding.h"
 #include "cache.h"
+#include "parallel.h"
 #include "simd.h"
 
 #if MINILLM_X86 && (defined(__GNUC__) || defined(__clang__))
@@ -282,7 +284,24 @@ void bind_cpu(py::module_& m) {
           "force_isa('scalar') when on, force_isa(None) when off.");
     m.def("kernel_paths", &kernel_paths, "The path each kernel family takes now: {family: path}.");
     m.def("cache_sizes", &cache_sizes, "The cache sizes in bytes the GEMM blocks are derived from: l1d, l2, l3.");
-    m.def("get_num_threads", &get_num_threads, "Threads the kernels use (OpenMP).");
+    m.def("get_num_threads", &get_num_threads, "Threads the kernels may use (OpenMP): set_num_threads's count.");
+    m.def("threads_in_use", &kernel_threads,
+          "Threads a kernel's parallel region uses now: get_num_threads(), fewer while other programs keep the "
+          "CPUs busy (unless adaptive threads are off).");
+    m.def("set_adaptive_threads", &set_adaptive_threads, py::arg("on"),
+          "Adapt the thread count to the machine's load (the default; MINILLM_ADAPTIVE_THREADS=0 turns it off).");
+    m.def("adaptive_threads", &adaptive_threads, "True while the thread count adapts to the load.");
+    m.def("load_sample", []() {
+        sample_load();
+        const LoadSample s = last_load_sample();
+        py::dict d;
+        d["running"] = s.running;
+        d["ours"] = s.ours;
+        d["others"] = s.others;
+        d["cpus"] = s.cpus;
+        return d;
+    }, "Sample the load now: runnable threads on the machine and in this process (-1 if unknown), the smoothed "
+       "count of the others', and the CPUs this process may use.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"), "Set the threads the kernels use (n >= 1).");
     m.def("compiler", &compiler, "The compiler that built the extension.");
 }

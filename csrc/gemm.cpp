@@ -29,6 +29,7 @@
 #include "binding.h"
 #include "cache.h"
 #include "gemm.h"
+#include "parallel.h"
 #include "scratch.h"
 #include "simd.h"
 
@@ -89,14 +90,6 @@ Blocks blocks_for(const Kernel<T>& kern, std::int64_t N, std::int64_t K) {
     return {kc, mc, std::min(nc, round_up(N, kern.nr))};
 }
 
-int threads_for(std::int64_t work) {
-#if defined(MINILLM_OPENMP)
-    if (work >= kParallelWork) return omp_get_max_threads();
-#endif
-    (void)work;
-    return 1;
-}
-
 }  // namespace
 
 template <typename T>
@@ -106,7 +99,7 @@ void gemm_blocked(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, 
     const Kernel<T> kern = kernel_for<T>(simd_isa<T>());
     const Blocks blk = blocks_for(kern, N, K);
     const std::int64_t mr = kern.mr, nr = kern.nr, kc_max = std::min(blk.kc, K);
-    const int threads = threads_for(M * N * K);
+    const int threads = threads_for(M * N * K, kParallelWork);
 
     // Tasks: row chunks of about M / (4 threads) rows (at least 4 slivers, at most MC); when that
     // gives too few, each row chunk is also cut into column chunks.

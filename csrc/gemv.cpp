@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "gemm.h"
+#include "parallel.h"
 #include "simd512.h"
 
 namespace minillm {
@@ -128,20 +129,12 @@ void axpy8(Isa isa, const T* x, const T* b, std::int64_t ld, std::int64_t rows, 
     axpy8_scalar(x, b, ld, rows, j0, j1, y);
 }
 
-int gemv_threads(std::int64_t values) {
-#if defined(MINILLM_OPENMP)
-    if (values >= kParallelGemv) return omp_get_max_threads();
-#endif
-    (void)values;
-    return 1;
-}
-
 }  // namespace
 
 template <typename T>
 void gemv(const T* x, const Operand<T>& b, T* y, std::int64_t K, std::int64_t N, bool accumulate, const T* bias) {
     const Isa isa = simd_isa<T>();
-    const int threads = gemv_threads(N * K);
+    const int threads = threads_for(N * K, kParallelGemv);
     if (b.trans) {   // B (N, K): blocks of 4 rows, shared out in chunks so a busy thread takes fewer
         const std::int64_t blocks = N / 4;
 #if defined(MINILLM_OPENMP)

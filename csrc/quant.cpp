@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "binding.h"
+#include "parallel.h"
 #include "quant.h"
 #include "scratch.h"
 #include "simd.h"
@@ -113,9 +114,10 @@ void quant_matmul(QuantScheme scheme, const float* x, std::int64_t M, std::int64
 #endif
     const std::int64_t tiles_m = (M + kTileM - 1) / kTileM, tiles_n = (N + kTileN - 1) / kTileN;
     const std::int64_t tiles = tiles_m * tiles_n;
+    const int threads = tiles > 1 ? threads_for(M * N * K, 8 * kParallelThreshold) : 1;
     // tiles in n-major order within each m block, so neighbouring threads share rows of x
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(dynamic) if (M * N * K >= 8 * kParallelThreshold && tiles > 1)
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
 #endif
     for (std::int64_t t = 0; t < tiles; ++t) {
         const std::int64_t tm = t / tiles_n, tn = t % tiles_n;

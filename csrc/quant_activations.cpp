@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "parallel.h"
 #include "quant.h"
 #include "simd512.h"
 
@@ -139,8 +140,10 @@ void quantize_activations(const float* x, std::int64_t M, std::int64_t K, std::i
                           std::int32_t* xsum, std::int64_t xsum_stride) {
     const std::int64_t G = (K + kGroup - 1) / kGroup;
     const Isa isa = active_isa();
+    const int threads = M > 1 ? threads_for(M * K) : 1;
+    (void)threads;
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(static) if (M * K >= kParallelThreshold)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
     for (std::int64_t m = 0; m < M; ++m) {
         std::int32_t* sums = xsum ? xsum + m * xsum_stride : nullptr;

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "parallel.h"
 #include "quant.h"
 #include "scratch.h"
 #include "simd512.h"
@@ -246,10 +247,7 @@ MINILLM_AVX512_VNNI void packed_tile(const QuantArgs& a, const std::uint8_t* xu,
 template <QuantScheme S>
 void packed(const QuantArgs& a, const float* bias, float* y) {
     const std::int64_t Kp = a.G * kGroup, chunks = (a.N + kCols - 1) / kCols;
-    int threads = 1;
-#if defined(MINILLM_OPENMP)
-    if (a.M * a.N * a.K >= 8 * kParallelThreshold && chunks > 1) threads = omp_get_max_threads();
-#endif
+    const int threads = chunks > 1 ? threads_for(a.M * a.N * a.K, 8 * kParallelThreshold) : 1;
     // x + 128 as u8, rows padded to whole groups with 128 (= x 0, which meets packed zeros)
     std::uint8_t* xu = scratch<std::uint8_t>(Slot::quant_x_u8, a.M * Kp);
     for (std::int64_t m = 0; m < a.M; ++m) {
