@@ -11,7 +11,7 @@ decode  greedy decode at batch 1 with the KV cache, llama-15m dimensions, random
 Each figure is measured in a fresh child process (OpenMP runtimes read their wait policy when they
 load, and two runtimes in one process steal each other's cores), which warms up, then reports the
 median tokens/s of several windows. Quiet and loaded runs alternate, `--repeats` times each, and
-the medians are reported with loaded / quiet (the issue's target: >= 0.5) and ours / torch.
+the medians are reported with loaded / quiet (the target, docs/performance.md: >= 0.5) and ours / torch.
 Writes benchmarks/results/contention.json.
 """
 import argparse

@@ -9,7 +9,7 @@ reference kernels for everything else, and PyTorch (CPU) as a second column wher
 Each row: median seconds per call of ours and the baselines, timed interleaved in this process
 (benchmarks/harness.py, which sleeps between libraries so one's spinning threads do not slow the
 next), and ratio = baseline time / our time (> 1 means we are faster). The GEMM section ends with
-the issue's targets: sgemm 1024^3 (NN) >= 1.0x NumPy, the geomean of the transformer shapes in
+the project's targets: sgemm 1024^3 (NN) >= 1.0x NumPy, the geomean of the transformer shapes in
 NN/NT/TN >= 1.0x, each decode GEMV (y = x W^T) >= 1.0x; the header names the CPU and the path each
 kernel family takes. Writes benchmarks/results/kernels.json.
 """
@@ -79,7 +79,7 @@ def gemm_rows(repeats, quick):
 
 
 def gemm_targets(rows):
-    """The issue's GEMM targets from the timed rows: (what, ratio, target) each."""
+    """The GEMM targets (docs/performance.md) from the timed rows: (what, ratio, target) each."""
     timed = [r for r in rows if r.get("ratio")]
     out = []
     sgemm = [r["ratio"] for r in timed if r["group"] == "sgemm" and r["trans"] == "NN"]

@@ -2,7 +2,7 @@
 
     python benchmarks/quant.py [--only gemv|prefill|decode|accuracy] [--quick] [--threads 2] [--isa avx2]
 
-gemv      y = x W^T for x (1, K) at the issue's shapes, our float32 GEMV (minillm.kernels.matmul,
+gemv      y = x W^T for x (1, K) at decode shapes, our float32 GEMV (minillm.kernels.matmul,
           NT) against quant_matmul in each scheme, timed interleaved. "cold": the weights are cycled
           through enough copies (> 128 MB) that every call streams them from memory, as decode does;
           "hot": one matrix, in cache. GB/s counts the weight bytes (float32 or quantized arrays)
@@ -15,7 +15,7 @@ accuracy  perplexity on the held-out split of the built-in corpus for the traine
           model (--char-ckpt, else trained here) and a llama-15m-dims model trained briefly with
           BPE (--bpe-ckpt, else trained here for --bpe-iters steps), float32 and each scheme.
 
-The run ends with the issue's targets: decode int8 >= 2x and q4_0 >= 3x float32 at llama-110m,
+The run ends with the targets (docs/performance.md): decode int8 >= 2x and q4_0 >= 3x float32 at llama-110m,
 int8 >= 1.5x at llama-15m; prefill and evaluation at least as fast as float32 (>= 1.0x), each "met"
 or "NOT met". --isa forces our kernels onto one path (minillm.build_info()['supported_isas']).
 Writes benchmarks/results/quant.json.
@@ -218,7 +218,7 @@ def bench_accuracy(args):
 
 
 def targets(results):
-    """The issue's quantization targets from what was measured: (what, ratio, target) each."""
+    """The quantization targets (docs/performance.md) from what was measured: (what, ratio, target) each."""
     out = []
     decode = {(r["model"], r["scheme"]): r["x_f32"] for r in results.get("decode", [])}
     for model, scheme, target in (("llama-110m", "int8", 2.0), ("llama-110m", "q4_0", 3.0), ("llama-15m", "int8", 1.5)):

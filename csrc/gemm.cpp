@@ -101,12 +101,11 @@ void gemm_blocked(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, 
     const std::int64_t mr = kern.mr, nr = kern.nr, kc_max = std::min(blk.kc, K);
     const int threads = threads_for(M * N * K, kParallelWork);
 
-    // Tasks: row chunks of about M / (4 threads) rows (at least 4 slivers, at most MC); when that
-    // gives too few, each row chunk is also cut into column chunks.
-    const std::int64_t target = threads > 1 ? 4 * threads : 1;
-    const std::int64_t rc = std::min(blk.mc, std::max(4 * mr, round_up(ceil_div(M, target), mr)));
-    const std::int64_t row_chunks = ceil_div(M, rc);
-    const std::int64_t a_size = ceil_div(rc, mr) * kc_max * kern.a_stride;   // one thread's packed A
+    // Tasks: about 4 per thread, as row chunks of whole A slivers spread evenly (at least 4 slivers
+    // each, at most MC rows); when that gives too few, each row chunk is also cut into column chunks.
+    const std::int64_t target = threads > 1 ? 4 * threads : 1, m_all = ceil_div(M, mr);
+    const std::int64_t row_chunks = std::max(std::min(target, ceil_div(m_all, 4)), ceil_div(m_all, blk.mc / mr));
+    const std::int64_t a_size = ceil_div(m_all, row_chunks) * kc_max * kern.a_stride;   // one thread's packed A
     T* packed_b = scratch<T>(Slot::gemm_b, K * blk.nc);
     T* packed_a = scratch<T>(Slot::gemm_a, a_size * threads);
     const std::int64_t k_blocks = ceil_div(K, blk.kc);
@@ -133,13 +132,13 @@ void gemm_blocked(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, 
             }
             // the implicit barrier: the panel is complete
             const std::int64_t col_chunks = row_chunks >= target ? 1 : std::min(n_slivers, ceil_div(target, row_chunks));
-            const std::int64_t cc = ceil_div(n_slivers, col_chunks);   // slivers per column chunk
 #if defined(MINILLM_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
             for (std::int64_t task = 0; task < row_chunks * col_chunks; ++task) {
-                const std::int64_t i0 = (task / col_chunks) * rc, i1 = std::min(M, i0 + rc);
-                const std::int64_t s0 = (task % col_chunks) * cc, s1 = std::min(n_slivers, s0 + cc);
+                const std::int64_t rt = task / col_chunks, ct = task % col_chunks;   // slivers split evenly
+                const std::int64_t i0 = rt * m_all / row_chunks * mr, i1 = std::min(M, (rt + 1) * m_all / row_chunks * mr);
+                const std::int64_t s0 = ct * n_slivers / col_chunks, s1 = (ct + 1) * n_slivers / col_chunks;
                 const std::int64_t m_slivers = ceil_div(i1 - i0, mr);
                 for (std::int64_t pc = 0; pc < K; pc += blk.kc) {
                     const std::int64_t kc = std::min(blk.kc, K - pc);
