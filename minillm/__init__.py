@@ -61,18 +61,26 @@ def __dir__():
 def build_info():
     """How the native extension was built and what it uses on this machine.
 
-    Keys: version, native (bool), openmp (bool), cpu_simd ("avx2+fma" or "scalar": what the CPU
-    supports), simd (what the kernels use now), threads, compiler, backend, native_kernels.
+    Keys: version, native (bool), openmp (bool), cpu_simd (the best SIMD path the CPU supports:
+    "scalar", "avx2", "avx2-vnni", "avx512" or "avx512-vnni"), simd (the path the kernels use now),
+    supported_isas (every path the CPU supports), kernel_paths (the path each kernel family takes now,
+    e.g. {"gemm": "avx512", "quant_matmul": "avx512-vnni", ...}), caches (the cache sizes the GEMM
+    blocks come from), threads (set_num_threads's count), threads_in_use (what a parallel region uses
+    now: fewer while other programs keep the CPUs busy), adaptive_threads, compiler, backend,
+    native_kernels.
     """
     info = {"version": __version__, "backend": kernels.get_backend(), "native": kernels.native.AVAILABLE,
             "native_kernels": kernels.native_kernels()}
     C = kernels.native._C
     if C is None:
-        info.update(openmp=False, cpu_simd=None, simd=None, threads=1, compiler=None,
+        info.update(openmp=False, cpu_simd=None, simd=None, supported_isas=[], kernel_paths={}, caches=None,
+                    threads=1, threads_in_use=1, adaptive_threads=False, compiler=None,
                     native_error=str(kernels.native.IMPORT_ERROR))
     else:
         info.update(openmp=C.openmp(), cpu_simd=C.cpu_simd(), simd=C.simd_in_use(),
-                    threads=C.get_num_threads(), compiler=C.compiler())
+                    supported_isas=C.supported_isas(), kernel_paths=C.kernel_paths(), caches=C.cache_sizes(),
+                    threads=C.get_num_threads(), threads_in_use=C.threads_in_use(),
+                    adaptive_threads=C.adaptive_threads(), compiler=C.compiler())
     return info
 
 
