@@ -91,14 +91,22 @@ def rope(x, positions, theta=10000.0):
         raise ValueError(f"rope: positions has shape {positions.shape}; it must be ({T},) or ({B}, {T})")
     if not theta > 0:
         raise ValueError(f"rope: theta must be positive, got {theta}")
-    cos, sin = _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, D, theta, x.dtype.str)
+    cos, sin = rope_tables(positions, D, theta, x.dtype)
     return RoPEFn.apply(x, cos, sin)
+
+
+def rope_tables(positions, head_dim, theta, dtype):
+    """(cos, sin) of kernels.rope_angles for integer positions (T,) or (B, T), read-only and cached:
+    training repeats one arange every step, and the 2 * n_layer rope calls of a decode step share
+    their positions."""
+    positions = np.asarray(positions)
+    return _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, head_dim, theta,
+                        np.dtype(dtype).str)
 
 
 @functools.lru_cache(maxsize=64)
 def _rope_angles(position_bytes, position_dtype, shape, D, theta, dtype):
-    """kernels.rope_angles, cached: training repeats one arange every step, and the 2 * n_layer
-    rope calls of a decode step share their positions. The arrays are never written to."""
+    """kernels.rope_angles, cached by value (see rope_tables). The arrays are never written to."""
     positions = np.frombuffer(position_bytes, dtype=position_dtype).reshape(shape)
     cos, sin = kernels.rope_angles(positions, D, theta, np.dtype(dtype))
     cos.flags.writeable = sin.flags.writeable = False

@@ -146,16 +146,8 @@ class DecoderLM(nn.Module):
         key_padding_mask: (B, S) bool, True = real token, over the cache and the new tokens.
         caches: a list of nn.KVCache, one per block (see new_caches), when generating.
         """
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"DecoderLM: ids must be (B, T), got shape {ids.shape}")
+        ids, positions = self._check_inputs(ids, positions, caches)
         B, T = ids.shape
-        start = caches[0].length if caches else 0
-        if positions is None:
-            positions = np.arange(start, start + T)
-        if np.max(positions, initial=0) >= self.config.block_size:
-            raise ValueError(f"DecoderLM: position {int(np.max(positions))} is beyond the context length "
-                             f"{self.config.block_size}")
         x = self.wte(ids)                                          # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -181,6 +173,37 @@ class DecoderLM(nn.Module):
             if c.z_loss_coef:
                 loss = loss + sum((m.z_loss for m in moe[1:]), moe[0].z_loss) * c.z_loss_coef
         return logits, loss
+
+    def infer(self, ids, positions=None, key_padding_mask=None, caches=None, last_only=False):
+        """forward without the tape, on arrays, for generation: ids (B, T) -> logits (B, T, V) array.
+
+        Each block runs its infer (the same math as forward, straight to the kernels, q/k/v and
+        gate/up each as one matmul); last_only: logits of the last position only, (B, 1, V), which
+        is all sampling needs (it skips the head's matmul for the rest of a prompt).
+        """
+        ids, positions = self._check_inputs(ids, positions, caches)
+        x = self.wte.infer(ids)                                    # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe.infer(positions)
+        elif self.sinusoids is not None:
+            x = x + self.sinusoids[positions]
+        for i, block in enumerate(self.blocks):
+            x = block.infer(x, positions, key_padding_mask, caches[i] if caches else None)
+        x = self.norm_f.infer(x[:, -1:] if last_only else x)
+        return self.lm_head.infer(x) if self.lm_head is not None else self.wte.infer_attend(x)   # (B, T, V)
+
+    def _check_inputs(self, ids, positions, caches):
+        """ids as a (B, T) array and the positions (default: after what the caches hold), checked."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"DecoderLM: ids must be (B, T), got shape {ids.shape}")
+        start = caches[0].length if caches else 0
+        if positions is None:
+            positions = np.arange(start, start + ids.shape[1])
+        if np.max(positions, initial=0) >= self.config.block_size:
+            raise ValueError(f"DecoderLM: position {int(np.max(positions))} is beyond the context length "
+                             f"{self.config.block_size}")
+        return ids, positions
 
     def moe_layers(self):
         """The nn.MoE feed-forwards, in block order (empty for a dense model)."""
