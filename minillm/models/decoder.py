@@ -147,7 +147,29 @@ class DecoderLM(nn.Module):
         caches: a list of nn.KVCache, one per block (see new_caches), when generating.
         """
         ids, positions = self._check_inputs(ids, positions, caches)
+        x = self._hidden(ids, positions, key_padding_mask, caches)                     # (B, T, C)
+        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)   # (B, T, V)
+        if targets is None:
+            return logits
+        targets = self._check_targets(ids, targets)
         B, T = ids.shape
+        return logits, self._objective(F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)))
+
+    def loss(self, ids, targets):
+        """forward's loss alone, what training computes: the head and the cross-entropy are one node
+        (F.linear_cross_entropy) that drops the (B * T, V) logits as soon as it has their gradient."""
+        ids, positions = self._check_inputs(ids, None, None)
+        targets = self._check_targets(ids, targets)
+        x = self._hidden(ids, positions, None, None)
+        B, T, C = x.shape
+        head = getattr(self.lm_head if self.lm_head is not None else self.wte, "weight", None)
+        if not isinstance(head, Tensor):                # a quantized head: the logits, then the loss
+            logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)
+            return self._objective(F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)))
+        return self._objective(F.linear_cross_entropy(x.reshape(B * T, C), head, targets.reshape(-1)))
+
+    def _hidden(self, ids, positions, key_padding_mask, caches):
+        """The embeddings through the blocks and the final norm: (B, T, C), what the head reads."""
         x = self.wte(ids)                                          # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -156,14 +178,16 @@ class DecoderLM(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, key_padding_mask, caches[i] if caches else None)
-        x = self.norm_f(x)
-        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)   # (B, T, V)
-        if targets is None:
-            return logits
+        return self.norm_f(x)
+
+    def _check_targets(self, ids, targets):
         targets = np.asarray(targets)
-        if targets.shape != (B, T):
+        if targets.shape != ids.shape:
             raise ValueError(f"DecoderLM: targets must have the shape of ids {ids.shape}, got {targets.shape}")
-        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+        return targets
+
+    def _objective(self, loss):
+        """The cross-entropy, plus an MoE model's router losses while training (see forward)."""
         self._last_ce = float(loss.data)
         moe = self.moe_layers()
         if moe and self.training:
@@ -172,7 +196,7 @@ class DecoderLM(nn.Module):
                 loss = loss + sum((m.aux_loss for m in moe[1:]), moe[0].aux_loss) * c.aux_loss_coef
             if c.z_loss_coef:
                 loss = loss + sum((m.z_loss for m in moe[1:]), moe[0].z_loss) * c.z_loss_coef
-        return logits, loss
+        return loss
 
     def infer(self, ids, positions=None, key_padding_mask=None, caches=None, last_only=False):
         """forward without the tape, on arrays, for generation: ids (B, T) -> logits (B, T, V) array.

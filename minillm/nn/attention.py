@@ -36,17 +36,37 @@ class Attention(Module):
         self.wk = Linear(c.d_model, kv_dim, **init)
         self.wv = Linear(c.d_model, kv_dim, **init)
         self.wo = Linear(c.d_model, c.d_model, **init)
-        self.qkv = FusedProjection()          # [W_q; W_k; W_v] as one matrix for infer
+        self.qkv = FusedProjection()          # [W_q; W_k; W_v] as one matrix, for forward and infer
 
     def forward(self, x, positions=None, key_padding_mask=None, cache=None):
         """x: (B, T, C) -> (B, T, C). positions: (T,) or (B, T) ints for RoPE (default 0..T-1).
+
+        Three nodes: q, k and v projected by one matmul (F.fused_linear), the heads' attention with
+        RoPE (F.packed_attention), the output projection. With a KV cache, or quantized projections,
+        it runs composed() instead: the same layer made of the small ops.
+        """
+        self._check_input(x)
+        projections = (self.wq, self.wk, self.wv)
+        if cache is not None or not all(isinstance(m, Linear) for m in projections):
+            return self.composed(x, positions, key_padding_mask, cache)
+        weights = [m.weight for m in projections]
+        biases = None if self.wq.bias is None else [m.bias for m in projections]
+        qkv = F.fused_linear(x, weights, biases, stacked=self.qkv.stacked(weights, biases))   # (B, T, (H + 2 Hkv) D)
+        y = F.packed_attention(qkv, self.n_heads, self.n_kv_heads, positions,
+                               self.rope_theta if self.positions == "rope" else None, self.causal, self.window,
+                               self.alibi_slopes, key_padding_mask)                       # (B, T, C)
+        return self.wo(y)
+
+    def composed(self, x, positions=None, key_padding_mask=None, cache=None):
+        """forward as the composition of the small nodes (three linears, reshapes, rope, attention):
+        the reference the fused nodes are held to, and the path of a KV cache (whose keys and
+        values are constants: no gradient flows through a cache).
 
         With a KVCache the new keys and values are appended to it and the T queries attend to
         everything cached so far (they are its last T positions); key_padding_mask then covers
         the whole cache, (B, cache.length + T).
         """
-        if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
-            raise ValueError(f"Attention: x must be (B, T, {self.wq.in_features}), got shape {x.shape}")
+        self._check_input(x)
         B, T, C = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).reshape(B, T, H, D).transpose(0, 2, 1, 3)       # (B, H, T, D)
@@ -62,10 +82,13 @@ class Attention(Module):
                         key_padding_mask=key_padding_mask)              # (B, H, T, D)
         return self.wo(y.transpose(0, 2, 1, 3).reshape(B, T, C))
 
-    def infer(self, x, positions=None, key_padding_mask=None, cache=None):
-        """forward on arrays, without the tape: x (B, T, C) -> (B, T, C), q, k and v from one matmul."""
+    def _check_input(self, x):
         if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
             raise ValueError(f"Attention: x must be (B, T, {self.wq.in_features}), got shape {x.shape}")
+
+    def infer(self, x, positions=None, key_padding_mask=None, cache=None):
+        """forward on arrays, without the tape: x (B, T, C) -> (B, T, C), q, k and v from one matmul."""
+        self._check_input(x)
         B, T, C = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         projections = (self.wq, self.wk, self.wv)

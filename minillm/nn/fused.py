@@ -57,6 +57,10 @@ class FusedProjection:
     def _rows(self, name, holders, attr):
         return self.parts.setdefault(name, FusedRows()).rows(holders, attr)
 
+    def stacked(self, weights, biases=None):
+        """(W, b): the stacked float weights and biases (or None), as F.fused_linear takes them."""
+        return self._rows("weight", weights, "data"), None if biases is None else self._rows("bias", biases, "data")
+
     def __call__(self, x, weights, biases=None):
         """x: (..., in) array -> (..., sum of the weights' rows) array."""
         bias = None if biases is None else self._rows("bias", biases, "data")
