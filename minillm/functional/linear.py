@@ -48,8 +48,12 @@ class FusedLinearFn(Function):
     def backward(ctx, dy):
         x, w, has_bias, sizes = ctx.saved
         dx, dw, db = kernels.linear_backward(dy, x, w, has_bias)
-        ends = np.cumsum(sizes)[:-1]
-        parts = np.split(dw, ends) + (np.split(db, ends) if has_bias else [])
+        bounds = []
+        start = 0
+        for n in sizes:
+            bounds.append((start, start + n))
+            start += n
+        parts = [dw[a:b] for a, b in bounds] + ([db[a:b] for a, b in bounds] if has_bias else [])
         return (dx, None, None, None, *parts)
 
 

@@ -122,8 +122,12 @@ class KVCache:
     """
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=np.float32):
-        self.k = np.zeros((batch, n_kv_heads, max_len, head_dim), dtype=dtype)
-        self.v = np.zeros_like(self.k)
+        # written through now: np.zeros would leave the pages to be faulted in (and zeroed by the
+        # kernel) one by one as decode steps first touch them, inside the token loop
+        self.k = np.empty((batch, n_kv_heads, max_len, head_dim), dtype=dtype)
+        self.v = np.empty_like(self.k)
+        self.k.fill(0)
+        self.v.fill(0)
         self.length = 0
 
     def append(self, k, v):

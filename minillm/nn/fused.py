@@ -55,7 +55,10 @@ class FusedProjection:
         self.parts = {}          # array name -> FusedRows
 
     def _rows(self, name, holders, attr):
-        return self.parts.setdefault(name, FusedRows()).rows(holders, attr)
+        part = self.parts.get(name)
+        if part is None:
+            part = self.parts[name] = FusedRows()
+        return part.rows(holders, attr)
 
     def stacked(self, weights, biases=None):
         """(W, b): the stacked float weights and biases (or None), as F.fused_linear takes them."""
