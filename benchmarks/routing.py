@@ -1,6 +1,6 @@
 """Routing between a small and a large model, measured on a task with checkable answers.
 
-The task, made here: two-digit addition, "a+b=" -> "c". Two character-level minillm models of
+The task, made here: addition of numbers under 50, "a+b=" -> "c". Two character-level minillm models of
 different sizes are trained briefly on it (the small one fewer layers, narrower, fewer steps), then
 served by the engine (minillm/serve/). Quality is the share of exact answers on held-out problems;
 cost is the mean tokens through each model per request, weighted by the model's parameter count
@@ -13,7 +13,7 @@ trained from the logged outcomes of the small model on other problems) calibrate
 shares of large-model calls. Writes benchmarks/results/routing.json, routing.png (the cost-quality
 curve) and router.json (for `minillm serve --route router --router ...`).
 
-    python benchmarks/routing.py            # about a minute or two on a quiet machine
+    python benchmarks/routing.py            # a few minutes
     python benchmarks/routing.py --quick    # a check that it runs (models barely trained)
 """
 import argparse
@@ -39,7 +39,7 @@ TOKENIZER = CharTokenizer(sorted("0123456789+=\n"))
 
 
 def problems(rng, n):
-    a, b = rng.integers(0, 100, n), rng.integers(0, 100, n)
+    a, b = rng.integers(0, 50, n), rng.integers(0, 50, n)
     return [(f"{x}+{y}=", str(x + y)) for x, y in zip(a, b)]
 
 
@@ -77,9 +77,11 @@ def answer_all(served, items):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny training: only checks that it runs")
+    ap.add_argument("--steps", default="800,3000", help="training steps of the small and the large model")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
-    steps_small, steps_large, n_log, n_test = (20, 40, 64, 64) if args.quick else (300, 900, 400, 400)
+    steps_small, steps_large = (20, 40) if args.quick else map(int, args.steps.split(","))
+    n_log, n_test = (64, 64) if args.quick else (400, 400)
     config = EngineConfig(num_blocks=1024, block_size=8, max_batch=64, max_step_tokens=512)
     small = ServedModel("small", train(1, 32, steps_small, seed=1), TOKENIZER, config)
     large = ServedModel("large", train(2, 64, steps_large, seed=2), TOKENIZER, config)

@@ -41,8 +41,9 @@ WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly h
 
 
 def prompt_mix(rng, n):
-    """(prompt, max_tokens) pairs: prompts of 2 to 40 words, answers of 8 to 64 tokens."""
-    return [(" ".join(rng.choice(WORDS) for _ in range(rng.choice([2, 8, 20, 40]))), rng.choice([8, 16, 32, 64]))
+    """(prompt, max_tokens) pairs: prompts of 1 to 10 words, answers of 8 to 48 tokens (the tiny model's
+    context is 128 characters)."""
+    return [(" ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 3, 6, 10]))), rng.choice([8, 16, 32, 48]))
             for _ in range(n)]
 
 
@@ -103,7 +104,10 @@ async def soak(url, state, n, disconnect_share, seed):
     async with httpx.AsyncClient(timeout=600) as client:
         truth = {}
         for p, m in items:                           # each prompt's answer, alone
-            truth[(p, m)] = (await one_request(client, url, p, m))["text"]
+            answer = await one_request(client, url, p, m)
+            if not answer["complete"]:
+                raise RuntimeError(f"soak: the prompt {p!r} was refused (HTTP {answer.get('status')})")
+            truth[(p, m)] = answer["text"]
         queue = [items[rng.randrange(len(items))] for _ in range(n)]
         wrong, complete, hung_up = [], 0, 0
 

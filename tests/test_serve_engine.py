@@ -184,3 +184,13 @@ def test_a_prompt_of_whole_cached_blocks_still_runs_its_last_token():
         eng.step()
     assert again.finished and again.cached_prompt_tokens == 4         # the block of the last token runs again
     assert ids(again) == ids(first) == generate(model, [prompt], 3, temperature=0)[0]
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_1"])
+def test_a_quantized_model_serves_as_generate_runs_it(scheme):
+    from minillm.nn import quantize_model
+    config = ModelConfig(vocab_size=13, block_size=64, n_layer=2, n_head=4, n_embd=32, init_std=0.5,
+                         **FLAVOURS["llama rope gqa"])
+    model = quantize_model(DecoderLM(config, rng=np.random.default_rng(0)).eval(), scheme)
+    batched = engine(model).generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0))
+    assert [ids(r) for r in batched] == [generate(model, [p], 6, temperature=0)[0] for p in PROMPTS]
