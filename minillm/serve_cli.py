@@ -52,6 +52,11 @@ def parse_models(specs):
 
 
 def cmd_serve(args):
+    models = parse_models(args.model)
+    if args.route != "fixed" and not {"small", "large"} <= set(models):
+        raise UsageError(f"--route {args.route} needs --model small=SOURCE and --model large=SOURCE")
+    if args.route == "router" and not args.router:
+        raise UsageError("--route router needs --router FILE (written by benchmarks/routing.py)")
     try:
         import uvicorn
         from .serve.app import create_app
@@ -61,14 +66,7 @@ def cmd_serve(args):
     from .serve import EngineConfig
     from .serve.routing import LogisticRouter
     from .serve.served import ServedModel
-    models = parse_models(args.model)
-    if args.route != "fixed" and not {"small", "large"} <= set(models):
-        raise UsageError(f"--route {args.route} needs --model small=SOURCE and --model large=SOURCE")
-    router = None
-    if args.route == "router":
-        if not args.router:
-            raise UsageError("--route router needs --router FILE (written by benchmarks/routing.py)")
-        router = LogisticRouter.load(args.router)
+    router = LogisticRouter.load(args.router) if args.route == "router" else None
     config = EngineConfig(num_blocks=args.kv_blocks, block_size=args.block_size, max_batch=args.max_batch,
                           max_step_tokens=args.max_step_tokens)
 

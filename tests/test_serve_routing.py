@@ -57,18 +57,23 @@ def test_serve_refuses_routing_without_two_named_models(capsys):
 
 
 @pytest.fixture(scope="module")
-def two_models():
+def routed():
+    """A server with models "small" and "large" (cascade routing; tests change its dispatcher's policy)."""
     pytest.importorskip("fastapi")
     pytest.importorskip("sse_starlette")
     pytest.importorskip("prometheus_client")
     pytest.importorskip("httpx")
     from minillm.serve import EngineConfig
+    from minillm.serve.app import create_app
     from minillm.serve.served import ServedModel
-    from serve_helpers import tiny_model
+    from serve_helpers import running_server, tiny_model
     config = EngineConfig(num_blocks=64, block_size=8, max_batch=4)
     small, tok = tiny_model(seed=1, n_embd=16)
     large, _ = tiny_model(seed=2, n_embd=32)
-    return lambda: {"small": ServedModel("small", small, tok, config), "large": ServedModel("large", large, tok, config)}
+    served = {"small": ServedModel("small", small, tok, config), "large": ServedModel("large", large, tok, config)}
+    app = create_app(lambda: served, route="cascade")
+    with running_server(app) as url:
+        yield url, app.state.minillm.dispatcher
 
 
 def answers(url, model, prompt="hello", stream=False):
@@ -84,23 +89,21 @@ def answers(url, model, prompt="hello", stream=False):
 
 
 @pytest.mark.parametrize("threshold, answerer", [(float("inf"), "large"), (float("-inf"), "small")])
-def test_the_cascade_answers_with_the_model_its_threshold_picks(two_models, threshold, answerer):
-    from minillm.serve.app import create_app
-    from serve_helpers import running_server
-    with running_server(create_app(two_models, route="cascade", threshold=threshold)) as url:
-        direct = answers(url, answerer)
-        assert answers(url, "auto") == direct == answers(url, "auto", stream=True)
-        assert answers(url, "small") != answers(url, "large")       # the two models differ
+def test_the_cascade_answers_with_the_model_its_threshold_picks(routed, threshold, answerer):
+    url, dispatcher = routed
+    dispatcher.route, dispatcher.cascade.threshold = "cascade", threshold
+    direct = answers(url, answerer)
+    assert answers(url, "auto") == direct == answers(url, "auto", stream=True)
+    assert answers(url, "small") != answers(url, "large")           # the two models differ
 
 
-def test_the_router_sends_prompts_to_the_model_it_picks(two_models):
-    from minillm.serve.app import create_app
-    from serve_helpers import running_server
-    served = two_models()
-    D = served["small"].model.config.n_embd
+def test_the_router_sends_prompts_to_the_model_it_picks(routed):
+    url, dispatcher = routed
+    D = dispatcher.served["small"].model.config.n_embd
     router = LogisticRouter().fit(np.random.default_rng(0).standard_normal((20, D)), np.arange(20) % 2)
+    dispatcher.route, dispatcher.router = "router", router
     router.threshold = -np.inf                                      # every prompt to the large model
-    with running_server(create_app(lambda: served, route="router", router=router)) as url:
-        assert answers(url, "auto") == answers(url, "large")
-        router.threshold = np.inf                                   # none
-        assert answers(url, "auto") == answers(url, "small")
+    assert answers(url, "auto") == answers(url, "large")
+    router.threshold = np.inf                                       # none
+    assert answers(url, "auto") == answers(url, "small")
+    dispatcher.route = "cascade"
