@@ -77,13 +77,15 @@ def answer_all(served, items):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny training: only checks that it runs")
-    ap.add_argument("--steps", default="800,3000", help="training steps of the small and the large model")
+    ap.add_argument("--steps", default="2500,3000", help="training steps of the small and the large model")
+    ap.add_argument("--small", default="2,32", help="layers,width of the small model (the large: 2,64)")
     ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     steps_small, steps_large = (20, 40) if args.quick else map(int, args.steps.split(","))
     n_log, n_test = (64, 64) if args.quick else (400, 400)
     config = EngineConfig(num_blocks=1024, block_size=8, max_batch=64, max_step_tokens=512)
-    small = ServedModel("small", train(1, 32, steps_small, seed=1), TOKENIZER, config)
+    small_layers, small_width = map(int, args.small.split(","))
+    small = ServedModel("small", train(small_layers, small_width, steps_small, seed=1), TOKENIZER, config)
     large = ServedModel("large", train(2, 64, steps_large, seed=2), TOKENIZER, config)
     rng = np.random.default_rng(123)
     log_items, test_items = problems(rng, n_log), problems(rng, n_test)
@@ -141,7 +143,10 @@ def plot(rows, path):
         pts = sorted((r["cost"], r["quality"]) for r in rows if r["policy"].startswith(prefix))
         if pts:
             ax.plot(*zip(*pts), style, label=prefix)
-    for r in rows[:2]:
+    ends = rows[:2]                                   # small only, large only
+    ax.plot([r["cost"] for r in ends], [r["quality"] for r in ends], "k--", alpha=0.4,
+            label="random mix (no routing signal)")
+    for r in ends:
         ax.plot(r["cost"], r["quality"], "k*", markersize=12)
         ax.annotate(r["policy"], (r["cost"], r["quality"]), textcoords="offset points", xytext=(5, -10))
     ax.set_xlabel("cost (tokens x parameters, large only = 1)")
