@@ -194,3 +194,17 @@ def test_a_quantized_model_serves_as_generate_runs_it(scheme):
     model = quantize_model(DecoderLM(config, rng=np.random.default_rng(0)).eval(), scheme)
     batched = engine(model).generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0))
     assert [ids(r) for r in batched] == [generate(model, [p], 6, temperature=0)[0] for p in PROMPTS]
+
+
+def test_a_request_whose_sampling_fails_ends_alone(monkeypatch):
+    model = tiny_model()
+    eng = engine(model)
+    bad = eng.add_request(PROMPTS[0], SamplingParams(max_tokens=4, temperature=0))
+    good = eng.add_request(PROMPTS[1], SamplingParams(max_tokens=4, temperature=0))
+    real = eng._sample
+    monkeypatch.setattr(eng, "_sample", lambda r, logits: real(r, logits) if r is not bad else 1 / 0)
+    while eng.has_work():
+        eng.step()
+    assert bad.finish_reason == "error" and good.finish_reason == "length"
+    assert ids(good) == generate(model, [PROMPTS[1]], 4, temperature=0)[0]
+    assert eng.stats["requests_finished"] == 2 and eng.blocks.num_used == 0

@@ -109,8 +109,9 @@ class Engine:
             message = f"{type(error).__name__}: {error}"
             traceback.print_exc()
             for request, _ in plan:
-                request.finish("error", message)
-                self._finish(request)
+                if not request.finished:
+                    request.finish("error", message)
+                    self._finish(request)
         self.stats["steps"] += 1
         return sum(n for _, n in plan)
 
@@ -157,8 +158,13 @@ class Engine:
             self._register_full_blocks(request)
             self.stats["tokens_computed"] += n
         for row, request in enumerate(sampled):
-            out = self._sample(request, logits[row])
-            request.append(out, self.context)
+            try:
+                request.append(self._sample(request, logits[row]), self.context)
+            except Exception as error:                          # its sampling or its text failed: it alone ends
+                traceback.print_exc()
+                request.finish("error", f"{type(error).__name__}: {error}")
+                self._finish(request)
+                continue
             self.stats["tokens_generated"] += 1
             if request.first_token_time is None:
                 request.first_token_time = time.monotonic()
