@@ -10,6 +10,7 @@
     minillm info       how the native extension was built (OpenMP, SIMD, threads); with --model, a model's
     minillm chat       talk to a pretrained model (minillm/pretrained_cli.py, as are generate --model and export)
     minillm export     a model as GGUF or a Hugging Face directory
+    minillm serve      an OpenAI-compatible HTTP server: continuous batching, paged KV cache (minillm/serve_cli.py)
 
 Bad input (a flag of the wrong type or out of range, a missing or corrupt checkpoint, data that is
 empty or not UTF-8, a prompt longer than the context, an output directory another run is writing,
@@ -212,6 +213,8 @@ def build_parser():
     add_tokenizer_parser(sub)
     from .scaling.cli import add_parser as add_scaling_parser
     add_scaling_parser(sub)
+    from .serve_cli import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return parser
 
 

@@ -35,7 +35,7 @@ LAYERS = [
                    "minillm.pretrained", "minillm.chat"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.pretrained_cli", "minillm.scaling.cli",
-             "minillm.tokenizers.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+             "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

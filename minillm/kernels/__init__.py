@@ -249,6 +249,15 @@ def kv_attention_forward(q, k_cache, v_cache, length, causal=True, window=None, 
                                                        key_padding_mask)
 
 
+def paged_attention_forward(q, k_pages, v_pages, block_tables, seq_of, positions, window=None, alibi_slopes=None):
+    """Causal attention of packed new tokens (N, H, D) over a paged KV cache (P, Hkv, bs, D), through block tables."""
+    if _native:
+        return native.paged_attention.paged_attention_forward(q, k_pages, v_pages, block_tables, seq_of, positions,
+                                                              window, alibi_slopes)
+    return reference.paged_attention.paged_attention_forward(q, k_pages, v_pages, block_tables, seq_of, positions,
+                                                             window, alibi_slopes)
+
+
 # ---- optimizer
 
 def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):

@@ -198,12 +198,14 @@ class DecoderLM(nn.Module):
                 loss = loss + sum((m.z_loss for m in moe[1:]), moe[0].z_loss) * c.z_loss_coef
         return loss
 
-    def infer(self, ids, positions=None, key_padding_mask=None, caches=None, last_only=False):
+    def infer(self, ids, positions=None, key_padding_mask=None, caches=None, last_only=False, logit_rows=None):
         """forward without the tape, on arrays, for generation: ids (B, T) -> logits (B, T, V) array.
 
         Each block runs its infer (the same math as forward, straight to the kernels, q/k/v and
         gate/up each as one matmul); last_only: logits of the last position only, (B, 1, V), which
-        is all sampling needs (it skips the head's matmul for the rest of a prompt).
+        is all sampling needs (it skips the head's matmul for the rest of a prompt). logit_rows:
+        the positions along T to give logits for, (B, len(logit_rows), V) (the serving engine packs
+        several sequences in one row and samples after the last token of each).
         """
         ids, positions = self._check_inputs(ids, positions, caches)
         x = self.wte.infer(ids)                                    # (B, T, C)
@@ -213,6 +215,8 @@ class DecoderLM(nn.Module):
             x = x + self.sinusoids[positions]
         for i, block in enumerate(self.blocks):
             x = block.infer(x, positions, key_padding_mask, caches[i] if caches else None)
+        if logit_rows is not None:
+            x = x[:, np.asarray(logit_rows, dtype=np.int64)]
         x = self.norm_f.infer(x[:, -1:] if last_only else x)
         return self.lm_head.infer(x) if self.lm_head is not None else self.wte.infer_attend(x)   # (B, T, V)
 
@@ -221,8 +225,8 @@ class DecoderLM(nn.Module):
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ValueError(f"DecoderLM: ids must be (B, T), got shape {ids.shape}")
-        start = caches[0].length if caches else 0
         if positions is None:
+            start = caches[0].length if caches else 0
             positions = np.arange(start, start + ids.shape[1])
         if np.max(positions, initial=0) >= self.config.block_size:
             raise ValueError(f"DecoderLM: position {int(np.max(positions))} is beyond the context length "

@@ -100,7 +100,9 @@ class Attention(Module):
             cos, sin = F.rope_tables(np.arange(T) if positions is None else positions, D, self.rope_theta, x.dtype)
             q, k = kernels.rope_forward(q, cos, sin), kernels.rope_forward(k, cos, sin)
         options = (self.causal, self.window, self.alibi_slopes, key_padding_mask)
-        if cache is not None and T <= KV_ATTENTION_MAX_T:                      # a decode step: read the cache in place
+        if cache is not None and hasattr(cache, "attend"):                     # a paged cache (minillm/serve):
+            y = cache.attend(q, k, v, *options)                                 # it stores k, v and reads its blocks
+        elif cache is not None and T <= KV_ATTENTION_MAX_T:                      # a decode step: read the cache in place
             cache.append(k, v)
             y = kernels.kv_attention_forward(q, cache.k, cache.v, cache.length, *options)
         else:                                                                   # a prompt: the tiled kernel

@@ -41,7 +41,7 @@ else:
 
 AVAILABLE = _C is not None
 
-from . import activation, attention, kv_attention, linear, norm, optim, quant, rope, softmax  # noqa: E402 (they read _C above)
+from . import activation, attention, kv_attention, linear, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
 
 KERNELS = {kernel.__name__: kernel for kernel in (
     linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
@@ -51,5 +51,6 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     norm.rms_norm_forward, norm.rms_norm_backward, norm.layer_norm_forward, norm.layer_norm_backward,
     activation.gelu_forward, activation.gelu_backward, activation.silu_forward, activation.silu_backward,
     quant.quantize_activations, quant.quant_matmul,
-    rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, optim.adamw_step,
+    rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, paged_attention.paged_attention_forward,
+    optim.adamw_step,
 )} if AVAILABLE else {}

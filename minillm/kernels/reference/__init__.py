@@ -12,6 +12,7 @@ from .kv_attention import kv_attention_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .optim import adamw_step
+from .paged_attention import paged_attention_forward
 from .positions import alibi_slopes, sinusoidal_positions
 from .quant import dequantize_weights, quant_matmul, quantize_activations, quantize_weights
 from .rope import rope_angles, rope_backward, rope_forward
@@ -29,7 +30,7 @@ KERNELS = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "rope_angles", "rope_forward", "rope_backward",
-    "attention_forward", "attention_backward", "kv_attention_forward",
+    "attention_forward", "attention_backward", "kv_attention_forward", "paged_attention_forward",
     "adamw_step",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
 ]
