@@ -13,6 +13,7 @@ void bind_norm(py::module_& m);         // norm.cpp: RMSNorm, LayerNorm
 void bind_activation(py::module_& m);   // activation.cpp: GELU, SiLU
 void bind_attention(py::module_& m);    // attention.cpp: flash-style attention
 void bind_quant(py::module_& m);        // quant.cpp: matmul on quantized weights
+void bind_nf4(py::module_& m);          // nf4.cpp: NF4 (QLoRA) weights: dequantize, matmul
 void bind_bpe(py::module_& m);          // tokenizers/bpe.cpp: byte-level BPE
 void bind_unigram(py::module_& m);      // tokenizers/unigram.cpp: the Unigram lattice
 }  // namespace minillm
@@ -27,6 +28,7 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_activation(m);
     minillm::bind_attention(m);
     minillm::bind_quant(m);
+    minillm::bind_nf4(m);
     minillm::bind_bpe(m);
     minillm::bind_unigram(m);
 }

@@ -3,7 +3,7 @@
     import minillm.functional as F
     F.linear, F.embedding, F.rms_norm, F.layer_norm, F.gelu, F.silu, F.swiglu,
     F.softmax, F.log_softmax, F.cross_entropy, F.dropout, F.rope, F.attention,
-    F.sinusoidal_positions, F.alibi_slopes, F.quantized_linear
+    F.sinusoidal_positions, F.alibi_slopes, F.quantized_linear, F.lora_linear, F.lora_quantized_linear
 
 The math lives in `minillm.kernels` (NumPy reference or native); these only check the
 arguments and connect forward to backward. Each op is a lowercase function (F.rms_norm) over a
@@ -13,6 +13,7 @@ from ..autograd import concat, stack
 from .activation import dropout, gelu, silu, swiglu
 from .attention import alibi_slopes, attention, rope, sinusoidal_positions
 from .linear import embedding, linear
+from .lora import dropout_mask, lora_linear, lora_quantized_linear
 from .norm import layer_norm, rms_norm
 from .quant import quantized_linear
 from .softmax import cross_entropy, log_softmax, softmax
@@ -20,5 +21,5 @@ from .softmax import cross_entropy, log_softmax, softmax
 __all__ = [
     "linear", "embedding", "rms_norm", "layer_norm", "gelu", "silu", "swiglu", "softmax",
     "log_softmax", "cross_entropy", "dropout", "rope", "attention", "sinusoidal_positions",
-    "alibi_slopes", "concat", "stack", "quantized_linear",
+    "alibi_slopes", "concat", "stack", "quantized_linear", "lora_linear", "lora_quantized_linear", "dropout_mask",
 ]

@@ -238,12 +238,17 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_
 # ---- quantization
 
 def quantize_weights(w, scheme):
-    """w (N, K) -> {"q", "scale"[, "min"]} in the scheme's layout (NumPy on both backends: it runs once)."""
+    """w (N, K) -> {"q", "scale"[, "min"]} in the scheme's layout, or {"q", "scale", "scale2"} for
+    "nf4" (NumPy on both backends: it runs once)."""
+    if scheme == "nf4":
+        return reference.nf4.quantize_nf4(w)
     return reference.quant.quantize_weights(w, scheme)
 
 
 def dequantize_weights(scheme, q, scale, min=None):
-    """The float32 (N, K) matrix that quantized weights stand for (NumPy on both backends)."""
+    """The float32 (N, K) matrix that quantized weights stand for (for "nf4", min is scale2)."""
+    if scheme == "nf4":
+        return dequantize_nf4(q, scale, min)
     return reference.quant.dequantize_weights(scheme, q, scale, min)
 
 
@@ -255,10 +260,33 @@ def quantize_activations(x):
 
 
 def quant_matmul(x, scheme, q, scale, min=None, bias=None):
-    """y (M, N) = x W^T (+ bias) on quantized W."""
+    """y (M, N) = x W^T (+ bias) on quantized W (for "nf4", min is scale2 and x stays float32)."""
+    if scheme == "nf4":
+        return nf4_matmul(x, q, scale, min, bias)
     if _native:
         return native.quant.quant_matmul(x, scheme, q, scale, min, bias)
     return reference.quant.quant_matmul(x, scheme, q, scale, min, bias)
+
+
+# ---- NF4, QLoRA's 4-bit NormalFloat with double-quantized scales
+
+def quantize_nf4(w):
+    """w (N, K) -> {"q" uint8 (N, K/2), "scale" uint8 (N, K/64), "scale2" float32} (NumPy on both backends)."""
+    return reference.nf4.quantize_nf4(w)
+
+
+def dequantize_nf4(q, scale, scale2):
+    """The float32 (N, K) weight: LEVELS[nibble] * scale2[group] * 2^(-code/16)."""
+    if _native:
+        return native.nf4.dequantize_nf4(q, scale, scale2)
+    return reference.nf4.dequantize_nf4(q, scale, scale2)
+
+
+def nf4_matmul(x, q, scale, scale2, bias=None):
+    """y (M, N) = x dequantize(W)^T (+ bias), x float32, dequantized a panel of rows at a time."""
+    if _native:
+        return native.nf4.nf4_matmul(x, q, scale, scale2, bias)
+    return reference.nf4.nf4_matmul(x, q, scale, scale2, bias)
 
 
 _requested = os.environ.get("MINILLM_BACKEND", "native" if native.AVAILABLE else "numpy").lower()

@@ -9,6 +9,7 @@ from .activation import (
 )
 from .attention import attention_backward, attention_forward, visible_keys
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
+from .nf4 import dequantize_nf4, nf4_matmul, quantize_nf4
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positions import alibi_slopes, sinusoidal_positions
 from .quant import dequantize_weights, quant_matmul, quantize_activations, quantize_weights
@@ -29,4 +30,5 @@ KERNELS = [
     "rope_angles", "rope_forward", "rope_backward",
     "attention_forward", "attention_backward",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
+    "quantize_nf4", "dequantize_nf4", "nf4_matmul",
 ]
