@@ -10,11 +10,14 @@ import numpy as np
 
 def param_groups(model, weight_decay):
     """Two groups, as nanoGPT/Llama train: weight decay on the matrices of linear layers only;
-    none on norms, biases and embeddings (so a tied output head is not decayed either)."""
+    none on norms, biases and embeddings (so a tied output head is not decayed either). Frozen
+    parameters (requires_grad False) are in neither."""
     from .nn import Embedding
     embeddings = {id(m.weight) for _, m in model.named_modules() if isinstance(m, Embedding)}
     decay, no_decay = {}, {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:            # frozen (a LoRA run's base): no gradient, no optimizer state
+            continue
         (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay)[name] = p
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

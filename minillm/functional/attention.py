@@ -28,7 +28,9 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     q: (B, H, T, D); k, v: (B, Hkv, S, D) with H % Hkv == 0 (MHA: Hkv = H, GQA, MQA: Hkv = 1).
     Query i sits at position S - T + i (the last T positions, as with a KV cache).
     causal: keys after the query are hidden. window: keys at distance >= window are hidden.
-    alibi_slopes: (H,), adds -slope * distance. key_padding_mask: (B, S) bool, True = keep.
+    alibi_slopes: (H,), adds -slope * distance. key_padding_mask: (B, S) bool, True = keep; or
+    (B, T, S), a mask per query (packed examples: True where query and key are in the same one),
+    which runs the NumPy reference on both backends.
     A query that sees no key returns zeros. Returns (B, H, T, D).
     """
     q, k, v = as_input(q), as_input(k), as_input(v)
@@ -54,8 +56,9 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
         key_padding_mask = np.asarray(key_padding_mask)
         if key_padding_mask.dtype != bool:
             raise TypeError(f"attention: key_padding_mask must be bool (True = keep), got {key_padding_mask.dtype}")
-        if key_padding_mask.shape != (B, S):
-            raise ValueError(f"attention: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
+        if key_padding_mask.shape not in ((B, S), (B, T, S)):
+            raise ValueError(f"attention: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S}) "
+                             f"or, one row per query, ({B}, {T}, {S})")
     options = dict(causal=bool(causal), window=None if window is None else int(window),
                    alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
     return AttentionFn.apply(q, k, v, options)

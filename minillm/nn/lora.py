@@ -43,27 +43,48 @@ KNOWN = tuple(ATTENTION) + tuple(SWIGLU) + ("c_attn", "c_proj", "c_fc") + MINILL
 INITS = (True, False, "default", "gaussian")
 
 
-@dataclass
+@dataclass(init=False)
 class LoraConfig:
-    """peft's LoraConfig fields (the ones minillm implements). target_modules: names (see the module
-    docstring), a comma-separated string of them, or None for peft's default (q_proj and v_proj on a
-    Llama layout, c_attn on GPT-2). init_lora_weights: True / "default" (Kaiming-uniform A, zero B),
-    "gaussian" (A ~ N(0, 1/r^2), zero B) or False (A and B both Kaiming-uniform: not the identity;
-    for tests)."""
+    """peft's LoraConfig fields (the ones minillm implements), under peft's names; the short names
+    alpha, dropout and init are accepted too (LoraConfig(r=8, alpha=16, dropout=0.05, init="gaussian")).
+
+    target_modules: names (see the module docstring), a comma-separated string of them, or None for
+    peft's default (q_proj and v_proj on a Llama layout, c_attn on GPT-2). init_lora_weights: True /
+    "default" (Kaiming-uniform A, zero B), "gaussian" (A ~ N(0, 1/r^2), zero B) or False (A and B
+    both random: not the identity; for tests). lora_alpha defaults to r (scale 1)."""
     r: int = 8
-    lora_alpha: float = 8.0
+    lora_alpha: float = None
     lora_dropout: float = 0.0
     target_modules: list | None = None
     use_rslora: bool = False
     init_lora_weights: bool | str = True
     layers_to_transform: list | None = field(default=None)   # block indices; None: every block
 
+    def __init__(self, r=8, lora_alpha=None, lora_dropout=0.0, target_modules=None, use_rslora=False,
+                 init_lora_weights=True, layers_to_transform=None, *, alpha=None, dropout=None, init=None):
+        for short, long, value in (("alpha", "lora_alpha", alpha), ("dropout", "lora_dropout", dropout),
+                                   ("init", "init_lora_weights", init)):
+            if value is not None and locals()[long] not in (None, 0.0, True) and locals()[long] != value:
+                raise ValueError(f"LoraConfig: {short} and {long} name the same field; give one")
+        self.r = r
+        self.lora_alpha = alpha if alpha is not None else (lora_alpha if lora_alpha is not None else r)
+        self.lora_dropout = dropout if dropout is not None else lora_dropout
+        self.target_modules = list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
+        self.use_rslora = use_rslora
+        self.init_lora_weights = init if init is not None else init_lora_weights
+        self.layers_to_transform = layers_to_transform
+        self.__post_init__()
+
+    alpha = property(lambda self: self.lora_alpha)
+    dropout = property(lambda self: self.lora_dropout)
+    init = property(lambda self: self.init_lora_weights)
+
     def __post_init__(self):
         if isinstance(self.target_modules, str):
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise ValueError(f"LoraConfig: r must be a positive int, got {self.r!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
+        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
             raise ValueError(f"LoraConfig: lora_alpha must be a positive number, got {self.lora_alpha!r}")
         if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
             raise ValueError(f"LoraConfig: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")

@@ -73,6 +73,10 @@ class QuantizedWeights(Module):
         self.min = arrays.get("min", arrays.get("scale2"))     # q4_1's mins, or nf4's second-level scales
 
     @property
+    def shape(self):
+        return (self.out_features, self.in_features)
+
+    @property
     def third(self):
         """The scheme's third array (q4_1's mins, nf4's scale2) or None: the kernels' `min` argument."""
         return self.min
