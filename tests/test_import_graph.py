@@ -29,7 +29,7 @@ LAYERS = [
     ("models", ["minillm.models"]),
     ("tokenizers", ["minillm.tokenizers"]),
     ("io", ["minillm.io"]),
-    ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.checkpoint_files",
+    ("workflows", ["minillm.optim", "minillm.data", "minillm.lora", "minillm.checkpoint", "minillm.checkpoint_files",
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
                    "minillm.pretrained", "minillm.chat"]),

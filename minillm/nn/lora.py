@@ -26,86 +26,14 @@ base's parameter names (blocks.0.attn.wq.weight), and the adapters add theirs
 (blocks.0.attn.wq.adapter.lora_A, blocks.0.ffn.gate_adapter.lora_B, blocks.0.attn.c_attn_adapter.lora_A).
 """
 import math
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .. import functional as F
-from .layers import MLP, Linear, SwiGLU
+from .layers import Linear, SwiGLU
+from .lora_config import KNOWN, LoraConfig, _layouts, resolve_targets  # noqa: F401 (public here too)
 from .module import Module, Parameter
-from .quantized import QuantizedLinear, QuantizedSwiGLU, QuantizedWeights
-
-ATTENTION = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo"}
-SWIGLU = {"gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down"}
-MLP_PARTS = {"c_fc": "fc", "c_proj": "proj"}                     # GPT-2's MLP (c_proj also names attn.wo)
-MINILLM_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down", "fc", "proj")
-KNOWN = tuple(ATTENTION) + tuple(SWIGLU) + ("c_attn", "c_proj", "c_fc") + MINILLM_NAMES + ("all-linear",)
-INITS = (True, False, "default", "gaussian")
-
-
-@dataclass(init=False)
-class LoraConfig:
-    """peft's LoraConfig fields (the ones minillm implements), under peft's names; the short names
-    alpha, dropout and init are accepted too (LoraConfig(r=8, alpha=16, dropout=0.05, init="gaussian")).
-
-    target_modules: names (see the module docstring), a comma-separated string of them, or None for
-    peft's default (q_proj and v_proj on a Llama layout, c_attn on GPT-2). init_lora_weights: True /
-    "default" (Kaiming-uniform A, zero B), "gaussian" (A ~ N(0, 1/r^2), zero B) or False (A and B
-    both random: not the identity; for tests). lora_alpha defaults to r (scale 1)."""
-    r: int = 8
-    lora_alpha: float = None
-    lora_dropout: float = 0.0
-    target_modules: list | None = None
-    use_rslora: bool = False
-    init_lora_weights: bool | str = True
-    layers_to_transform: list | None = field(default=None)   # block indices; None: every block
-
-    def __init__(self, r=8, lora_alpha=None, lora_dropout=0.0, target_modules=None, use_rslora=False,
-                 init_lora_weights=True, layers_to_transform=None, *, alpha=None, dropout=None, init=None):
-        for short, long, value in (("alpha", "lora_alpha", alpha), ("dropout", "lora_dropout", dropout),
-                                   ("init", "init_lora_weights", init)):
-            if value is not None and locals()[long] not in (None, 0.0, True) and locals()[long] != value:
-                raise ValueError(f"LoraConfig: {short} and {long} name the same field; give one")
-        self.r = r
-        self.lora_alpha = alpha if alpha is not None else (lora_alpha if lora_alpha is not None else r)
-        self.lora_dropout = dropout if dropout is not None else lora_dropout
-        self.target_modules = list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
-        self.use_rslora = use_rslora
-        self.init_lora_weights = init if init is not None else init_lora_weights
-        self.layers_to_transform = layers_to_transform
-        self.__post_init__()
-
-    alpha = property(lambda self: self.lora_alpha)
-    dropout = property(lambda self: self.lora_dropout)
-    init = property(lambda self: self.init_lora_weights)
-
-    def __post_init__(self):
-        if isinstance(self.target_modules, str):
-            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"LoraConfig: r must be a positive int, got {self.r!r}")
-        if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
-            raise ValueError(f"LoraConfig: lora_alpha must be a positive number, got {self.lora_alpha!r}")
-        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"LoraConfig: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.init_lora_weights not in INITS or (isinstance(self.init_lora_weights, str) and
-                                                    self.init_lora_weights not in ("default", "gaussian")):
-            raise ValueError(f"LoraConfig: init_lora_weights must be True, False, 'default' or 'gaussian', "
-                             f"got {self.init_lora_weights!r}")
-        for name in self.target_modules or ():
-            if name not in KNOWN:
-                raise ValueError(f"LoraConfig: target module {name!r} is not one of {list(KNOWN)}")
-        if self.target_modules is not None and not self.target_modules:
-            raise ValueError("LoraConfig: target_modules is empty; name at least one (e.g. q_proj,v_proj)")
-
-    @property
-    def scale(self):
-        """s = lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023)."""
-        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-
-    def to_dict(self):
-        return asdict(self)
-
+from .quantized import QuantizedLinear, QuantizedWeights
 
 class LoraAdapter(Module):
     """lora_A (r, in) and lora_B (out, r), the scale s, and the dropout on the adapter's input."""
@@ -256,46 +184,6 @@ class LoraSwiGLU(Module):
 
 # ---- applying, merging, counting
 
-def _layouts(block):
-    """"swiglu" or "mlp" for the block's feed-forward (None for a Mixture-of-Experts one)."""
-    if isinstance(block.ffn, (SwiGLU, QuantizedSwiGLU, LoraSwiGLU)):
-        return "swiglu"
-    return "mlp" if isinstance(block.ffn, MLP) else None
-
-
-def resolve_targets(model, targets):
-    """{block index: set of minillm locations} ("attn.wq", ..., "attn.c_attn", "ffn.w_gate", "ffn.fc", ...)."""
-    blocks = list(model.blocks)
-    ffn = {_layouts(b) for b in blocks} - {None}
-    gpt2 = ffn == {"mlp"}
-    if targets is None:
-        targets = ["c_attn"] if gpt2 else ["q_proj", "v_proj"]
-    locations = set()
-    for name in targets:
-        if name == "all-linear":
-            locations |= {"attn.c_attn" if gpt2 else "attn.wq", "attn.wo", "ffn.fc", "ffn.proj"}
-            if not gpt2:
-                locations |= {"attn.wk", "attn.wv", "ffn.w_gate", "ffn.w_up", "ffn.w_down"}
-        elif name == "c_attn":
-            if not gpt2:
-                raise ValueError("LoRA: c_attn is GPT-2's fused q/k/v projection; this model has a SwiGLU "
-                                 "(Llama) layout: target q_proj, k_proj, v_proj")
-            locations.add("attn.c_attn")
-        elif name == "c_proj":
-            locations |= {"attn.wo", "ffn.proj"}
-        elif name in ATTENTION or name in ("wq", "wk", "wv", "wo"):
-            locations.add("attn." + ATTENTION.get(name, name))
-        elif name in SWIGLU or name in ("w_gate", "w_up", "w_down"):
-            locations.add("ffn." + SWIGLU.get(name, name))
-        elif name in MLP_PARTS or name in ("fc", "proj"):
-            locations.add("ffn." + MLP_PARTS.get(name, name))
-        else:
-            raise ValueError(f"LoRA: unknown target module {name!r}; use one of {list(KNOWN)}")
-    if "attn.c_attn" in locations and locations & {"attn.wq", "attn.wk", "attn.wv"}:
-        raise ValueError("LoRA: c_attn already covers q, k and v; do not also target q_proj, k_proj or v_proj")
-    return locations
-
-
 def apply_lora(model, config, rng=None):
     """Wrap model's targeted layers in LoRA adapters and freeze every other weight, in place.
 
@@ -305,20 +193,7 @@ def apply_lora(model, config, rng=None):
     if getattr(model, "lora_config", None) is not None:
         raise ValueError("apply_lora: the model has LoRA adapters already")
     rng = rng if rng is not None else np.random.default_rng()
-    locations = resolve_targets(model, config.target_modules)
-    layers = config.layers_to_transform
-    plan = []
-    for i, block in enumerate(model.blocks):
-        if layers is not None and i not in layers:
-            continue
-        layout = _layouts(block)
-        for where in sorted(locations):
-            part, name = where.split(".")
-            if part == "ffn" and (layout is None or (name in ("fc", "proj")) != (layout == "mlp")):
-                continue
-            plan.append((i, block, part, name))
-    if not plan:
-        raise ValueError(f"apply_lora: target_modules {config.target_modules} match no layer of this model")
+    plan = lora_plan(model, config)
     for p in model.parameters():
         p.requires_grad = False
     dtype = _adapter_dtype(model)
@@ -347,6 +222,42 @@ def apply_lora(model, config, rng=None):
         model.blocks[i].ffn = LoraSwiGLU(ffn, adapters)
     model.lora_config = config
     return model
+
+
+def lora_plan(model, config):
+    """[(block index, block, "attn" or "ffn", layer name)] that config targets on model (ValueError if none)."""
+    locations = resolve_targets(model, config.target_modules)
+    layers = config.layers_to_transform
+    plan = []
+    for i, block in enumerate(model.blocks):
+        if layers is not None and i not in layers:
+            continue
+        layout = _layouts(block)
+        for where in sorted(locations):
+            part, name = where.split(".")
+            if part == "ffn" and (layout is None or (name in ("fc", "proj")) != (layout == "mlp")):
+                continue
+            plan.append((i, block, part, name))
+    if not plan:
+        raise ValueError(f"apply_lora: target_modules {config.target_modules} match no layer of this model")
+    return plan
+
+
+def adapter_shapes(model, config):
+    """{adapter parameter name: shape} that apply_lora(model, config) would make (model is not changed)."""
+    shapes = {}
+    for i, block, part, name in lora_plan(model, config):
+        if name == "c_attn":
+            where, (out, K) = "attn.c_attn_adapter", (sum(getattr(block.attn, h).out_features for h in ("wq", "wk", "wv")),
+                                                      block.attn.wq.in_features)
+        elif part == "attn" or name in ("fc", "proj"):
+            layer = getattr(block.attn if part == "attn" else block.ffn, name)
+            where, (out, K) = f"{part}.{name}.adapter", (layer.out_features, layer.in_features)
+        else:
+            where, (out, K) = f"ffn.{name[2:]}_adapter", getattr(block.ffn, name).shape
+        shapes[f"blocks.{i}.{where}.lora_A"] = (config.r, K)
+        shapes[f"blocks.{i}.{where}.lora_B"] = (out, config.r)
+    return shapes
 
 
 def _adapter_dtype(model):
