@@ -221,7 +221,7 @@ def rope_backward(dy, cos, sin):
 def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None):
     """(out, lse): out = softmax(q k^T / sqrt(D) + bias + mask) v, lse its log-sum-exp per query row.
     A (B, T, S) mask (one row per query: packed examples) runs the reference on both backends."""
-    if _native and (key_padding_mask is None or key_padding_mask.ndim == 2):
+    if _native and getattr(key_padding_mask, "ndim", 2) != 3:
         return native.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
     return reference.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
 
@@ -229,7 +229,7 @@ def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_
 def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_slopes=None,
                        key_padding_mask=None):
     """(dq, dk, dv) of attention_forward, from its out and lse."""
-    if _native and (key_padding_mask is None or key_padding_mask.ndim == 2):
+    if _native and getattr(key_padding_mask, "ndim", 2) != 3:
         return native.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
                                                    key_padding_mask)
     return reference.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
