@@ -17,6 +17,7 @@ void bind_rope(py::module_& m);         // rope.cpp: rotary position embedding
 void bind_kv_attention(py::module_& m); // kv_attention.cpp: attention over a KV cache, in place
 void bind_paged_attention(py::module_& m); // paged_attention.cpp: attention through block tables
 void bind_optim(py::module_& m);        // optim.cpp: the fused AdamW update
+void bind_nf4(py::module_& m);          // nf4.cpp: NF4 (QLoRA) weights: dequantize, matmul
 void bind_bpe(py::module_& m);          // tokenizers/bpe.cpp: byte-level BPE
 void bind_unigram(py::module_& m);      // tokenizers/unigram.cpp: the Unigram lattice
 }  // namespace minillm
@@ -35,6 +36,7 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_kv_attention(m);
     minillm::bind_paged_attention(m);
     minillm::bind_optim(m);
+    minillm::bind_nf4(m);
     minillm::bind_bpe(m);
     minillm::bind_unigram(m);
 }

@@ -207,6 +207,8 @@ def build_parser():
     p = sub.add_parser("info", help="how the native extension was built; with --model, what a model holds")
     p.add_argument("--model", help="a .gguf file, a Hugging Face or minillm directory, or a known name")
     p.set_defaults(run=cmd_info)
+    from .cli_finetune import add_parser as add_finetune_parser
+    add_finetune_parser(sub)
     from .pretrained_cli import add_parsers as add_pretrained_parsers
     add_pretrained_parsers(sub)
     from .tokenizers.cli import add_parser as add_tokenizer_parser

@@ -13,12 +13,15 @@ from . import kernels
 def param_groups(model, weight_decay, decay_embeddings=False):
     """Two groups, as nanoGPT/Llama train: weight decay on the matrices of linear layers; none on
     norms and biases. Embedding tables (and so a tied output head) are decayed only with
-    decay_embeddings=True, which is nanoGPT's rule: every parameter with two or more dimensions."""
+    decay_embeddings=True, which is nanoGPT's rule: every parameter with two or more dimensions.
+    Frozen parameters (requires_grad False) are in neither group."""
     from .nn import Embedding
     embeddings = set() if decay_embeddings else {
         id(m.weight) for _, m in model.named_modules() if isinstance(m, Embedding)}
     decay, no_decay = {}, {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:            # frozen (a LoRA run's base): no gradient, no optimizer state
+            continue
         (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay)[name] = p
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

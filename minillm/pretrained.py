@@ -96,7 +96,7 @@ def check_tokenizer(tokenizer, config, where):
                           f"has {config.vocab_size} rows; the tokenizer does not match the model")
 
 
-def load_pretrained(source, dequantize=False):
+def load_pretrained(source, dequantize=False, checkpoint=False):
     """(model, tokenizer) from source: a .gguf file, a Hugging Face model directory (config.json,
     model.safetensors or a sharded index, tokenizer.json), a minillm checkpoint directory, or a short
     name of a model found in an installed package (KNOWN_MODELS).
@@ -104,8 +104,12 @@ def load_pretrained(source, dequantize=False):
     GGUF Q8_0 / Q4_0 / Q4_1 weights stay quantized in minillm's kernels unless dequantize=True,
     which gives a float32 model. The model is in eval mode; model.source describes where it came
     from ({"format", "path", "types": file tensor types, "meta": GGUF metadata}). A file minillm
-    cannot load raises FormatError (a ValueError) before anything is returned.
+    cannot load raises FormatError (a ValueError) before anything is returned. A `minillm finetune`
+    output directory (finetune.json) loads as its base plus adapter, or its merged model;
+    checkpoint=True reads such a directory's own checkpoint instead.
     """
+    if not checkpoint and os.path.isfile(os.path.join(os.fspath(source), "finetune.json")):
+        return load_finetuned(os.fspath(source))     # a `minillm finetune` output: base + adapter, or merged
     kind, path = source_kind(source)
     if kind == "checkpoint":
         from .checkpoint import build_model, load_checkpoint
@@ -133,3 +137,46 @@ def load_pretrained(source, dequantize=False):
     del loaded
     return_freed_heap()
     return model, tokenizer
+
+
+# ---- fine-tuning: the base a run starts from, and what a run leaves
+
+def load_base(source, method, scheme):
+    """The model and tokenizer to fine-tune: float weights (dequantized if the file is quantized), then
+    quantized to scheme for QLoRA."""
+    try:
+        model, tokenizer = load_pretrained(source, dequantize=True)
+    except FormatError as error:
+        if "dequantize=True is not available" not in str(error):
+            raise
+        if method != "qlora":
+            raise FormatError(f"{source}: {method} fine-tuning needs float weights; this checkpoint is quantized "
+                              "(use --method qlora, or the float checkpoint it was made from)") from None
+        model, tokenizer = load_pretrained(source)
+    if method == "qlora" and getattr(model, "quantization", None) is None:
+        from .nn.quantized import quantize_model
+        quantize_model(model, scheme)
+    return model, tokenizer
+
+
+def load_finetuned(directory):
+    """(model, tokenizer) of a fine-tuning run's output (finetune.json): merged/ if the run merged, the
+    full model's checkpoint for method full, else the base (from its source, QLoRA's quantized as it
+    was trained) with adapter/ loaded."""
+    from .lora import load_adapter
+    path = os.path.join(directory, "finetune.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        method, base = manifest["method"], manifest["base"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FormatError(f"{path}: not a fine-tuning manifest ({error})") from None
+    if manifest.get("merged"):
+        model, tokenizer = load_pretrained(os.path.join(directory, manifest["merged"]))
+    elif method == "full":
+        model, tokenizer = load_pretrained(directory, checkpoint=True)      # the run's own (full) checkpoint
+    else:
+        model, tokenizer = load_base(base, method, manifest.get("scheme"))
+        load_adapter(model, os.path.join(directory, manifest.get("adapter") or "adapter"))
+    model.source = {"format": f"minillm fine-tune ({method})", "path": directory, "base": base}
+    return model.eval(), tokenizer

@@ -29,12 +29,12 @@ LAYERS = [
     ("models", ["minillm.models"]),
     ("tokenizers", ["minillm.tokenizers"]),
     ("io", ["minillm.io"]),
-    ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.checkpoint_files",
+    ("workflows", ["minillm.optim", "minillm.data", "minillm.lora", "minillm.finetune", "minillm.sft_data", "minillm.sft_eval", "minillm.checkpoint", "minillm.checkpoint_files",
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
                    "minillm.pretrained", "minillm.chat"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.pretrained_cli", "minillm.scaling.cli",
+    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.scaling.cli",
              "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]

@@ -6,6 +6,7 @@
     F.sinusoidal_positions, F.alibi_slopes, F.rope_tables, F.quantized_linear,
     F.fused_linear, F.packed_attention, F.linear_cross_entropy   (fused nodes: q/k/v as one matmul,
     the heads' attention with RoPE on packed projections, an LM head with its loss)
+    F.lora_linear, F.lora_quantized_linear (LoRA over a float or quantized base)
 
 The math lives in `minillm.kernels` (NumPy reference or native); these only check the
 arguments and connect forward to backward. Each op is a lowercase function (F.rms_norm) over a
@@ -15,6 +16,7 @@ from ..autograd import concat, stack
 from .activation import dropout, gelu, silu, swiglu
 from .attention import alibi_slopes, attention, packed_attention, rope, rope_tables, sinusoidal_positions
 from .linear import embedding, fused_linear, linear
+from .lora import dropout_mask, lora_linear, lora_quantized_linear
 from .norm import layer_norm, rms_norm
 from .quant import quantized_linear
 from .softmax import cross_entropy, linear_cross_entropy, log_softmax, softmax
@@ -24,4 +26,5 @@ __all__ = [
     "log_softmax", "cross_entropy", "dropout", "rope", "attention", "sinusoidal_positions",
     "alibi_slopes", "rope_tables", "concat", "stack", "quantized_linear", "fused_linear", "packed_attention",
     "linear_cross_entropy",
+    "lora_linear", "lora_quantized_linear", "dropout_mask",
 ]

@@ -28,7 +28,9 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     q: (B, H, T, D); k, v: (B, Hkv, S, D) with H % Hkv == 0 (MHA: Hkv = H, GQA, MQA: Hkv = 1).
     Query i sits at position S - T + i (the last T positions, as with a KV cache).
     causal: keys after the query are hidden. window: keys at distance >= window are hidden.
-    alibi_slopes: (H,), adds -slope * distance. key_padding_mask: (B, S) bool, True = keep.
+    alibi_slopes: (H,), adds -slope * distance. key_padding_mask: (B, S) bool, True = keep; or
+    (B, T, S), a mask per query (packed examples: True where query and key are in the same one),
+    which runs the NumPy reference on both backends.
     A query that sees no key returns zeros. Returns (B, H, T, D).
     """
     q, k, v = as_input(q), as_input(k), as_input(v)
@@ -44,7 +46,7 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
                          "(axis 3) must match")
     if H % Hkv != 0:
         raise ValueError(f"attention: q has {H} heads but k has {Hkv}; n_heads must be a multiple of n_kv_heads")
-    options = _attention_options("attention", B, H, S, causal, window, alibi_slopes, key_padding_mask)
+    options = _attention_options("attention", B, H, T, S, causal, window, alibi_slopes, key_padding_mask)
     return AttentionFn.apply(q, k, v, options)
 
 
@@ -112,11 +114,11 @@ def packed_attention(qkv, n_heads, n_kv_heads, positions=None, rope_theta=None, 
             raise ValueError(f"packed_attention: positions must be ints of shape ({T},) or ({B}, {T}), got "
                              f"{positions.dtype} {positions.shape}")
         tables = rope_tables(positions, D, rope_theta, qkv.dtype)
-    options = _attention_options("packed_attention", B, n_heads, T, causal, window, alibi_slopes, key_padding_mask)
+    options = _attention_options("packed_attention", B, n_heads, T, T, causal, window, alibi_slopes, key_padding_mask)
     return PackedAttentionFn.apply(qkv, (n_heads, n_kv_heads), tables, options)
 
 
-def _attention_options(fn, B, H, S, causal, window, alibi_slopes, key_padding_mask):
+def _attention_options(fn, B, H, T, S, causal, window, alibi_slopes, key_padding_mask):
     """The attention kernels' keyword options, checked."""
     if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
         raise ValueError(f"{fn}: window must be a positive int or None, got {window!r}")
@@ -128,8 +130,9 @@ def _attention_options(fn, B, H, S, causal, window, alibi_slopes, key_padding_ma
         key_padding_mask = np.asarray(key_padding_mask)
         if key_padding_mask.dtype != bool:
             raise TypeError(f"{fn}: key_padding_mask must be bool (True = keep), got {key_padding_mask.dtype}")
-        if key_padding_mask.shape != (B, S):
-            raise ValueError(f"{fn}: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
+        if key_padding_mask.shape not in ((B, S), (B, T, S)):
+            raise ValueError(f"{fn}: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S}) "
+                             f"or, one row per query, ({B}, {T}, {S})")
     return dict(causal=bool(causal), window=None if window is None else int(window),
                 alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
 

@@ -32,7 +32,7 @@ def quantized_linear(x, scheme, q, scale, min=None, bias=None):
     bias = None if bias is None else as_input(bias)
     check_float("quantized_linear", x=x, bias=bias)
     K = x.shape[-1] if x.ndim else 0
-    expected = q.shape[1] * (2 if scheme in ("q4_0", "q4_1") else 1)
+    expected = q.shape[1] * (2 if scheme in ("q4_0", "q4_1", "nf4") else 1)
     if x.ndim < 1 or K != expected:
         raise ValueError(f"quantized_linear: x has shape {x.shape} but the weight has {expected} input features")
     if bias is not None and bias.shape != (q.shape[0],):

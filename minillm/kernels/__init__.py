@@ -223,8 +223,9 @@ def rope_backward(dy, cos, sin):
 # ---- attention
 
 def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None):
-    """(out, lse): out = softmax(q k^T / sqrt(D) + bias + mask) v, lse its log-sum-exp per query row."""
-    if _native:
+    """(out, lse): out = softmax(q k^T / sqrt(D) + bias + mask) v, lse its log-sum-exp per query row.
+    A (B, T, S) mask (one row per query: packed examples) runs the reference on both backends."""
+    if _native and getattr(key_padding_mask, "ndim", 2) != 3:
         return native.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
     return reference.attention.attention_forward(q, k, v, causal, window, alibi_slopes, key_padding_mask)
 
@@ -232,7 +233,7 @@ def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_
 def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_slopes=None,
                        key_padding_mask=None):
     """(dq, dk, dv) of attention_forward, from its out and lse."""
-    if _native:
+    if _native and getattr(key_padding_mask, "ndim", 2) != 3:
         return native.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
                                                    key_padding_mask)
     return reference.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
@@ -270,12 +271,17 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
 # ---- quantization
 
 def quantize_weights(w, scheme):
-    """w (N, K) -> {"q", "scale"[, "min"]} in the scheme's layout (NumPy on both backends: it runs once)."""
+    """w (N, K) -> {"q", "scale"[, "min"]} in the scheme's layout, or {"q", "scale", "scale2"} for
+    "nf4" (NumPy on both backends: it runs once)."""
+    if scheme == "nf4":
+        return reference.nf4.quantize_nf4(w)
     return reference.quant.quantize_weights(w, scheme)
 
 
 def dequantize_weights(scheme, q, scale, min=None):
-    """The float32 (N, K) matrix that quantized weights stand for (NumPy on both backends)."""
+    """The float32 (N, K) matrix that quantized weights stand for (for "nf4", min is scale2)."""
+    if scheme == "nf4":
+        return dequantize_nf4(q, scale, min)
     return reference.quant.dequantize_weights(scheme, q, scale, min)
 
 
@@ -287,10 +293,33 @@ def quantize_activations(x):
 
 
 def quant_matmul(x, scheme, q, scale, min=None, bias=None):
-    """y (M, N) = x W^T (+ bias) on quantized W."""
+    """y (M, N) = x W^T (+ bias) on quantized W (for "nf4", min is scale2 and x stays float32)."""
+    if scheme == "nf4":
+        return nf4_matmul(x, q, scale, min, bias)
     if _native:
         return native.quant.quant_matmul(x, scheme, q, scale, min, bias)
     return reference.quant.quant_matmul(x, scheme, q, scale, min, bias)
+
+
+# ---- NF4, QLoRA's 4-bit NormalFloat with double-quantized scales
+
+def quantize_nf4(w):
+    """w (N, K) -> {"q" uint8 (N, K/2), "scale" uint8 (N, K/64), "scale2" float32} (NumPy on both backends)."""
+    return reference.nf4.quantize_nf4(w)
+
+
+def dequantize_nf4(q, scale, scale2):
+    """The float32 (N, K) weight: LEVELS[nibble] * scale2[group] * 2^(-code/16)."""
+    if _native:
+        return native.nf4.dequantize_nf4(q, scale, scale2)
+    return reference.nf4.dequantize_nf4(q, scale, scale2)
+
+
+def nf4_matmul(x, q, scale, scale2, bias=None):
+    """y (M, N) = x dequantize(W)^T (+ bias), x float32, dequantized a panel of rows at a time."""
+    if _native:
+        return native.nf4.nf4_matmul(x, q, scale, scale2, bias)
+    return reference.nf4.nf4_matmul(x, q, scale, scale2, bias)
 
 
 _requested = os.environ.get("MINILLM_BACKEND", "native" if native.AVAILABLE else "numpy").lower()

@@ -23,17 +23,24 @@ import numpy as np
 from .. import functional as F
 from .. import kernels
 from ..autograd import Tensor
+from ..kernels.reference.nf4 import BLOCK as NF4_BLOCK, GROUP2 as NF4_GROUP2
 from ..kernels.reference.quant import GROUP, SCHEMES
 from .fused import FusedProjection
 from .layers import Embedding, Linear, SwiGLU
 from .module import Module, Parameter
 
 INT4 = ("q4_0", "q4_1")
+QLORA_SCHEMES = SCHEMES + ("nf4",)     # nf4: QLoRA's NormalFloat (kernels/reference/nf4.py), for frozen bases
 
 
 def _skeleton_arrays(scheme, out_features, in_features):
     """Zero arrays with the layout of a quantized (out, in) weight, to be filled by load_state_dict."""
     G = in_features // GROUP
+    if scheme == "nf4":
+        blocks = out_features * (in_features // NF4_BLOCK)
+        return {"q": np.zeros((out_features, in_features // 2), np.uint8),
+                "scale": np.zeros((out_features, in_features // NF4_BLOCK), np.uint8),
+                "scale2": np.zeros(-(-blocks // NF4_GROUP2), np.float32)}
     if scheme == "int8":
         return {"q": np.zeros((out_features, in_features), np.int8), "scale": np.zeros(out_features, np.float32)}
     q = np.zeros((out_features, in_features // 2 if scheme in INT4 else in_features),
@@ -45,8 +52,11 @@ def _skeleton_arrays(scheme, out_features, in_features):
 
 
 def check_quantizable(scheme, in_features, where):
-    if scheme not in SCHEMES:
-        raise ValueError(f"quantize: scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme not in QLORA_SCHEMES:
+        raise ValueError(f"quantize: scheme must be one of {QLORA_SCHEMES}, got {scheme!r}")
+    if scheme == "nf4" and in_features % NF4_BLOCK:
+        raise ValueError(f"quantize: {where} has {in_features} input features, not a multiple of the block size "
+                         f"{NF4_BLOCK} that 'nf4' needs; use q8_0 or q4_0 for this model")
     if scheme != "int8" and in_features % GROUP:
         raise ValueError(f"quantize: {where} has {in_features} input features, not a multiple of the group size "
                          f"{GROUP} that {scheme!r} needs; use --scheme int8 (per channel) for this model")
@@ -61,13 +71,31 @@ class QuantizedWeights(Module):
         arrays = (kernels.quantize_weights(np.asarray(weight, dtype=np.float32), scheme) if weight is not None
                   else _skeleton_arrays(scheme, out_features, in_features))
         self.q, self.scale = arrays["q"], arrays["scale"]
-        self.min = arrays.get("min")
+        self.min = arrays.get("min", arrays.get("scale2"))     # q4_1's mins, or nf4's second-level scales
+
+    @property
+    def shape(self):
+        return (self.out_features, self.in_features)
+
+    @property
+    def third(self):
+        """The scheme's third array (q4_1's mins, nf4's scale2) or None: the kernels' `min` argument."""
+        return self.min
 
     def own_buffers(self):
         buffers = {"q": self.q, "scale": self.scale}
         if self.min is not None:
-            buffers["min"] = self.min
+            buffers["scale2" if self.scheme == "nf4" else "min"] = self.min
         return buffers
+
+    @property
+    def scale2(self):
+        """nf4's second-level scales (one float32 per 256 blocks), kept in self.min; the buffer's name."""
+        return self.min
+
+    @scale2.setter
+    def scale2(self, array):
+        self.min = array
 
     def matmul(self, x, bias=None):
         """x (..., in) -> (..., out) = x W^T + bias, as one autograd node (gradient to x only)."""
@@ -81,6 +109,9 @@ class QuantizedWeights(Module):
 
     def dequantize(self, rows=None):
         """The float32 weight (or only the given rows) that the quantized arrays stand for."""
+        if self.scheme == "nf4":            # scale2's groups run over the whole tensor: dequantize, then pick
+            w = kernels.dequantize_nf4(self.q, self.scale, self.min)
+            return w if rows is None else w[rows]
         pick = (lambda a: a) if rows is None else (lambda a: a[rows])
         return kernels.dequantize_weights(self.scheme, pick(self.q), pick(self.scale),
                                           None if self.min is None else pick(self.min))
@@ -178,7 +209,7 @@ def _replacement(name, module, scheme, build):
         if build == "check":
             return module
         return QuantizedSwiGLU(None, scheme, dim, hidden) if skeleton else QuantizedSwiGLU(module, scheme)
-    if isinstance(module, Embedding) and name == "wte":
+    if isinstance(module, Embedding) and name == "wte" and scheme != "nf4":    # QLoRA's NF4: linear layers only
         V, C = module.weight.shape
         check_quantizable(scheme, C, name)
         if build == "check":
@@ -197,8 +228,8 @@ def quantize_model(model, scheme, skeleton=False, progress=False):
     """
     if getattr(model, "quantization", None):
         raise ValueError(f"quantize: the model is already quantized ({model.quantization})")
-    if scheme not in SCHEMES:
-        raise ValueError(f"quantize: scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme not in QLORA_SCHEMES:
+        raise ValueError(f"quantize: scheme must be one of {QLORA_SCHEMES}, got {scheme!r}")
     plan = []
     for parent_name, parent in list(model.named_modules()):
         for attr, child in list(parent.named_children()):

@@ -41,7 +41,7 @@ else:
 
 AVAILABLE = _C is not None
 
-from . import activation, attention, kv_attention, linear, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
+from . import activation, attention, kv_attention, linear, nf4, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
 
 KERNELS = {kernel.__name__: kernel for kernel in (
     linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
@@ -53,4 +53,5 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     quant.quantize_activations, quant.quant_matmul,
     rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, paged_attention.paged_attention_forward,
     optim.adamw_step,
+    nf4.dequantize_nf4, nf4.nf4_matmul,
 )} if AVAILABLE else {}

@@ -10,6 +10,7 @@ from .activation import (
 from .attention import attention_backward, attention_forward, visible_keys
 from .kv_attention import kv_attention_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
+from .nf4 import dequantize_nf4, nf4_matmul, quantize_nf4
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .optim import adamw_step
 from .paged_attention import paged_attention_forward
@@ -33,4 +34,5 @@ KERNELS = [
     "attention_forward", "attention_backward", "kv_attention_forward", "paged_attention_forward",
     "adamw_step",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
+    "quantize_nf4", "dequantize_nf4", "nf4_matmul",
 ]

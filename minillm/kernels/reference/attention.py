@@ -19,7 +19,8 @@ def visible_keys(T, S, causal, window, key_padding_mask):
     """Which keys each query may attend to: bool (B or 1, 1, T, S).
 
     causal: key j <= query position p.  window w: p - j < w (causal) or |p - j| < w.
-    key_padding_mask: (B, S), True = a real key, False = padding.
+    key_padding_mask: (B, S), True = a real key, False = padding; or (B, T, S), one row per query
+    (packed examples: a key is visible only from its own example).
     """
     p = np.arange(S - T, S)[:, None]          # (T, 1) query positions
     j = np.arange(S)[None, :]                 # (1, S) key positions
@@ -30,7 +31,7 @@ def visible_keys(T, S, causal, window, key_padding_mask):
         keep &= np.abs(p - j) < window
     keep = keep[None, None]                   # (1, 1, T, S)
     if key_padding_mask is not None:
-        keep = keep & key_padding_mask[:, None, None, :]
+        keep = keep & (key_padding_mask[:, None] if key_padding_mask.ndim == 3 else key_padding_mask[:, None, None, :])
     return keep
 
 
