@@ -16,6 +16,8 @@ void bind_quant(py::module_& m);        // quant.cpp: matmul on quantized weight
 void bind_rope(py::module_& m);         // rope.cpp: rotary position embedding
 void bind_kv_attention(py::module_& m); // kv_attention.cpp: attention over a KV cache, in place
 void bind_optim(py::module_& m);        // optim.cpp: the fused AdamW update
+void bind_sparse_attention(py::module_& m);   // sparse_attention.cpp: attention over lists of keys
+void bind_linear_attention(py::module_& m);   // linear_attention.cpp: attention by running sums
 void bind_bpe(py::module_& m);          // tokenizers/bpe.cpp: byte-level BPE
 void bind_unigram(py::module_& m);      // tokenizers/unigram.cpp: the Unigram lattice
 }  // namespace minillm
@@ -33,6 +35,8 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_rope(m);
     minillm::bind_kv_attention(m);
     minillm::bind_optim(m);
+    minillm::bind_sparse_attention(m);
+    minillm::bind_linear_attention(m);
     minillm::bind_bpe(m);
     minillm::bind_unigram(m);
 }

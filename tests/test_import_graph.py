@@ -32,7 +32,7 @@ LAYERS = [
     ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.checkpoint_files",
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
-                   "minillm.pretrained", "minillm.chat"]),
+                   "minillm.pretrained", "minillm.chat", "minillm.streaming"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.pretrained_cli", "minillm.scaling.cli",
              "minillm.tokenizers.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
