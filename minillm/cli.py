@@ -29,6 +29,15 @@ from .config import (UsageError, dropout_rate, existing_file, nonnegative_float,
                      thread_count)
 
 
+def block_size_spec(text):
+    """--block-size: N tokens, or Nx (times the checkpoint's context, with --resume)."""
+    from .context_extension import parse_block_size
+    try:
+        return parse_block_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int or a factor such as 4x, got {text!r}") from None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (not the usage block), exit code 2."""
 
@@ -108,6 +117,9 @@ def cmd_eval(args):
     ids = encode(tokenizer, read_text(args.data))
     data = TokenData(ids, args.val_fraction)
     split = data.splits[args.split] if args.data is None or args.split != "all" else ids
+    from . import cli_long_context
+    if cli_long_context.wanted(args):
+        return cli_long_context.run(args, model, tokenizer, split)
     loss = evaluate_split(model, split, args.batch_size, progress=not args.no_progress)
     print(json.dumps({"split": args.split, "tokens": int(len(split)), "loss": round(loss, 4),
                       "perplexity": round(math.exp(loss), 4)}))
@@ -139,6 +151,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped "
                    "(the rules are below)")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --out")
+    p.add_argument("--block-size", type=block_size_spec, help="the context length; with --resume, Nx (or a larger "
+                   "N) extends the checkpoint's context: RoPE positions interpolated, a fine-tune at the longer "
+                   "length (docs/long_context.md)")
     for flag, kind in (("--max-iters", nonnegative_int), ("--batch-size", positive_int), ("--lr", positive_float),
                        ("--seed", seed_int), ("--eval-interval", positive_int), ("--eval-iters", nonnegative_int),
                        ("--grad-accum", positive_int), ("--dropout", dropout_rate), ("--sample-tokens", nonnegative_int),
@@ -189,6 +204,8 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=thread_count)
+    from .cli_long_context import add_arguments as add_long_context_arguments
+    add_long_context_arguments(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint's weights to INT8 or INT4")

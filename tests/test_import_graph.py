@@ -32,10 +32,11 @@ LAYERS = [
     ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.checkpoint_files",
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
-                   "minillm.pretrained", "minillm.chat", "minillm.streaming"]),
+                   "minillm.pretrained", "minillm.chat", "minillm.streaming",
+                   "minillm.context_extension", "minillm.long_eval"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.pretrained_cli", "minillm.scaling.cli",
-             "minillm.tokenizers.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+             "minillm.tokenizers.cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 
