@@ -28,9 +28,13 @@ using std::int64_t;
 
 namespace {
 
+// q . k in a fixed order (the simd reduction's lanes, then their sum): the same on every thread count.
 template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
     T s = 0;
+#if defined(MINILLM_OPENMP)
+#pragma omp simd reduction(+ : s)
+#endif
     for (int64_t d = 0; d < n; ++d) s += a[d] * b[d];
     return s;
 }

@@ -172,3 +172,24 @@ def test_transformers_llama_with_rope_scaling_loads_with_equal_logits(tmp_path, 
     again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         np.testing.assert_allclose(again(torch.tensor(ids)).logits.numpy(), want, atol=2e-4)
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                      "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25}])
+def test_gguf_export_keeps_the_rope_scaling(tmp_path, scaling):
+    pytest.importorskip("gguf")
+    from minillm.io.gguf_write import export_gguf
+    from minillm.pretrained import load_pretrained
+    from minillm.tokenizers import BPETokenizer
+    config = ModelConfig(vocab_size=300, block_size=64, n_layer=1, n_head=2, n_embd=32, norm="rmsnorm",
+                         activation="swiglu", positions="rope", bias=False, rope_scaling=scaling)
+    model = DecoderLM(config, rng=np.random.default_rng(0)).eval()
+    path = str(tmp_path / "m.gguf")
+    export_gguf(model, BPETokenizer.train("the quick brown fox jumps over the lazy dog " * 20, vocab_size=300), path)
+    again, _ = load_pretrained(path)
+    got = F.RopeScaling.from_dict(again.config.rope_scaling, 64).to_dict()
+    want = config.rope_scaling_config().to_dict()
+    assert got.keys() == want.keys() and all(got[k] == (want[k] if isinstance(want[k], (str, bool)) else pytest.approx(want[k], rel=1e-6)) for k in want)
+    ids = np.random.default_rng(1).integers(0, 300, size=(1, 40))
+    np.testing.assert_allclose(again(ids).data, model(ids).data, atol=1e-5)
