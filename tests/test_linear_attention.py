@@ -106,3 +106,24 @@ def test_a_linear_attention_model_trains_infers_and_generates_with_constant_stat
     gradcheck_module(model64, [ids[:1, :6]], forward=lambda m, x: m(x, ids[:1, 1:7])[1])
     with pytest.raises(ValueError, match="attention must be one of"):
         ModelConfig(attention="performer")
+
+
+@needs_native
+def test_bitwise_the_same_on_any_number_of_threads():
+    before, adaptive = native._C.get_num_threads(), native._C.adaptive_threads()
+    native._C.set_adaptive_threads(False)
+    rng = np.random.default_rng(0)
+    fq, fk = (np.abs(rng.standard_normal((2, 4, 300, 16))).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal((2, 4, 300, 16)).astype(np.float32)
+    try:
+        results = []
+        for n in (1, 2, 3):
+            native._C.set_num_threads(n)
+            out, den = native.linear_attention.linear_attention_forward(fq, fk, v)
+            results.append((out, den, *native.linear_attention.linear_attention_backward(v, fq, fk, v, out, den)))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        native._C.set_num_threads(before)
+        native._C.set_adaptive_threads(adaptive)

@@ -196,3 +196,26 @@ def test_a_sparse_model_forward_infer_and_cache_agree(pattern):
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="cannot be combined"):
         ModelConfig(positions="rope", window=4, attention_pattern=pattern)
+
+
+@needs_native
+def test_bitwise_the_same_on_any_number_of_threads():
+    """Rows are split by the sizes alone: 1, 2 or 3 threads give the same bits (the load may change them)."""
+    before, adaptive = native._C.get_num_threads(), native._C.adaptive_threads()
+    native._C.set_adaptive_threads(False)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4, 600, 16)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 600, 16)).astype(np.float32) for _ in range(2))
+    lists = F.AttentionPattern("block_sparse", block=32, n_random=1).indices(600, 600)
+    try:
+        results = []
+        for n in (1, 2, 3):
+            native._C.set_num_threads(n)
+            out, lse = native.sparse_attention.sparse_attention_forward(q, k, v, *lists)
+            results.append((out, lse, *native.sparse_attention.sparse_attention_backward(q, q, k, v, out, lse, *lists)))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        native._C.set_num_threads(before)
+        native._C.set_adaptive_threads(adaptive)
