@@ -80,6 +80,8 @@ def cmd_generate(args):
     prompt_ids = encode(tokenizer, args.prompt).tolist()
     if not prompt_ids:
         raise UsageError("--prompt is empty")
+    if args.sinks:
+        return _generate_with_sinks(args, model, tokenizer, prompt_ids)
     context = model.config.block_size
     if len(prompt_ids) > context:
         raise UsageError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context}")
@@ -104,6 +106,23 @@ def cmd_generate(args):
             if args.num_samples > 1:
                 print(f"--- sample {i + 1} ---")
             print(args.prompt + decode(tokenizer, out))
+    return 0
+
+
+def _generate_with_sinks(args, model, tokenizer, prompt_ids):
+    """generate --sinks N,W: one sample through attention-sink caches, past the context if asked."""
+    from .data import decode, encode
+    from .streaming import streaming_generate
+    try:
+        n_sink, window = (int(v) for v in args.sinks.split(","))
+    except ValueError:
+        raise UsageError(f"--sinks must be two ints N,W (sink tokens, window), got {args.sinks!r}") from None
+    out = streaming_generate(model, prompt_ids, args.max_new_tokens, sinks=(n_sink, window),
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    stop = encode(tokenizer, args.stop).tolist() if args.stop else []
+    if stop and stop[0] in out:
+        out = out[:out.index(stop[0])]
+    print(args.prompt + decode(tokenizer, out))
     return 0
 
 
@@ -193,6 +212,8 @@ def build_parser():
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slow; for checking)")
     p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--sinks", help="N,W: attention sinks (StreamingLLM): keep the first N tokens and the last W, so "
+                   "generation runs past the context at constant memory (RoPE models; docs/long_context.md)")
     p.add_argument("--threads", type=thread_count)
     p.set_defaults(run=cmd_generate)
 

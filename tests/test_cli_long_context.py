@@ -95,3 +95,15 @@ def test_eval_by_position_passkey_and_lost_in_the_middle(run, capsys):
     assert code == 2 and "do not fit the context" in err
     code, _, err = cli(capsys, "eval", "--ckpt", out, "--data", data, "--by-position", "--rope-scaling", "{bad")
     assert code == 2 and "not JSON" in err
+
+
+def test_generate_with_sinks_runs_past_the_context(run, capsys):
+    out, _, _ = run
+    code, printed, err = cli(capsys, "generate", "--ckpt", out, "--prompt", "The pass", "--max-new-tokens", 300,
+                             "--sinks", "4,60", "--seed", 0)
+    assert code == 0, err
+    assert printed.startswith("The pass") and len(printed.rstrip("\n")) == len("The pass") + 300   # context 128
+    code, _, err = cli(capsys, "generate", "--ckpt", out, "--sinks", "4")
+    assert code == 2 and "--sinks must be two ints" in err
+    code, _, err = cli(capsys, "generate", "--ckpt", out, "--sinks", "64,64")
+    assert code == 2 and "must be less than the context" in err
