@@ -107,3 +107,23 @@ def test_generate_with_sinks_runs_past_the_context(run, capsys):
     assert code == 2 and "--sinks must be two ints" in err
     code, _, err = cli(capsys, "generate", "--ckpt", out, "--sinks", "64,64")
     assert code == 2 and "must be less than the context" in err
+
+
+def test_loss_by_position_averages_to_the_eval_loss_and_passkey_prompts_place_the_needle():
+    import numpy as np
+    from minillm.long_eval import loss_by_position, passkey_prompt, with_context
+    from minillm.models import DecoderLM
+    from minillm.tokenizers import CharTokenizer
+    from minillm.train import evaluate_split
+    model = DecoderLM(ModelConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, n_embd=8, positions="rope",
+                                  init_std=0.3), rng=np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 30, size=16 * 5 + 1)
+    rows = loss_by_position(model, ids, buckets=4)
+    assert np.mean([r["loss"] for r in rows]) == pytest.approx(evaluate_split(model, ids), abs=1e-3)
+    longer = with_context(model, 32, {"rope_type": "linear", "factor": 2.0})
+    assert longer.config.block_size == 32 and longer.config.rope_scaling["factor"] == 2.0
+    assert len(loss_by_position(longer, np.tile(ids, 2), buckets=2)) == 2
+    tok = CharTokenizer.train(TEXT)
+    start, end = (tok.decode(passkey_prompt(tok, 200, depth, "12345")) for depth in (0.0, 1.0))
+    assert start.startswith("The pass key is 12345.") and len(tok.encode(start)) == 200
+    assert end.endswith("12345 is the pass key. What is the pass key? The pass key is ")
