@@ -219,3 +219,27 @@ def test_bitwise_the_same_on_any_number_of_threads():
     finally:
         native._C.set_num_threads(before)
         native._C.set_adaptive_threads(adaptive)
+
+
+@pytest.mark.parametrize("pattern", [F.AttentionPattern("dilated", window=4, dilation=3, n_global=1),
+                                     F.AttentionPattern("strided", stride=4, causal=False),
+                                     F.AttentionPattern("block_sparse", block=4, n_random=2, seed=1)])
+def test_against_torch_masked_attention(pattern):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    q, k, v, dout = (rng.standard_normal((2, 2, 24, 8)) for _ in range(4))
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    mask = torch.tensor(pattern.mask(24, 24))
+    want = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+    want.backward(torch.tensor(dout))
+    Q, K, V = (mm_tensor(a) for a in (q, k, v))
+    out = F.sparse_attention(Q, K, V, pattern)
+    (out * mm_tensor(dout)).sum().backward()
+    np.testing.assert_allclose(out.data, want.detach().numpy(), atol=1e-10)
+    for mine, theirs in ((Q, tq), (K, tk), (V, tv)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), atol=1e-10)
+
+
+def mm_tensor(a):
+    from minillm.autograd import Tensor
+    return Tensor(a, requires_grad=True)
