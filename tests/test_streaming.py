@@ -63,6 +63,8 @@ def test_generation_runs_far_past_the_context_at_constant_memory():
     assert len(out) == 100 and all(0 <= t < 30 for t in out)
     with pytest.raises(ValueError, match="must be less than the context"):
         model.new_caches(1, sinks=(8, 24))
+    with pytest.raises(ValueError, match="attention sinks need softmax attention with RoPE"):
+        tiny(positions="learned").new_caches(1, sinks=(2, 8))
 
 
 def _shakespeare():

@@ -275,6 +275,9 @@ class DecoderLM(nn.Module):
             return [nn.LinearAttentionState(batch, c.n_head, D, dtype=dtype) for _ in range(c.n_layer)]
         if sinks is not None:
             n_sink, window = sinks
+            if c.positions != "rope" or c.attention != "softmax":
+                raise ValueError(f"new_caches: attention sinks need softmax attention with RoPE (positions counted in "
+                                 f"the cache), not positions={c.positions!r}, attention={c.attention!r}")
             if n_sink + window >= c.block_size:
                 raise ValueError(f"new_caches: sinks {n_sink} + window {window} must be less than the context "
                                  f"length {c.block_size}")
