@@ -18,6 +18,8 @@ void bind_kv_attention(py::module_& m); // kv_attention.cpp: attention over a KV
 void bind_paged_attention(py::module_& m); // paged_attention.cpp: attention through block tables
 void bind_optim(py::module_& m);        // optim.cpp: the fused AdamW update
 void bind_nf4(py::module_& m);          // nf4.cpp: NF4 (QLoRA) weights: dequantize, matmul
+void bind_sparse_attention(py::module_& m);   // sparse_attention.cpp: attention over lists of keys
+void bind_linear_attention(py::module_& m);   // linear_attention.cpp: attention by running sums
 void bind_bpe(py::module_& m);          // tokenizers/bpe.cpp: byte-level BPE
 void bind_unigram(py::module_& m);      // tokenizers/unigram.cpp: the Unigram lattice
 }  // namespace minillm
@@ -37,6 +39,8 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_paged_attention(m);
     minillm::bind_optim(m);
     minillm::bind_nf4(m);
+    minillm::bind_sparse_attention(m);
+    minillm::bind_linear_attention(m);
     minillm::bind_bpe(m);
     minillm::bind_unigram(m);
 }

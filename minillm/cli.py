@@ -30,6 +30,15 @@ from .config import (UsageError, dropout_rate, existing_file, nonnegative_float,
                      thread_count)
 
 
+def block_size_spec(text):
+    """--block-size: N tokens, or Nx (times the checkpoint's context, with --resume)."""
+    from .context_extension import parse_block_size
+    try:
+        return parse_block_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int or a factor such as 4x, got {text!r}") from None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (not the usage block), exit code 2."""
 
@@ -72,6 +81,8 @@ def cmd_generate(args):
     prompt_ids = encode(tokenizer, args.prompt).tolist()
     if not prompt_ids:
         raise UsageError("--prompt is empty")
+    if args.sinks:
+        return _generate_with_sinks(args, model, tokenizer, prompt_ids)
     context = model.config.block_size
     if len(prompt_ids) > context:
         raise UsageError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of {context}")
@@ -99,6 +110,23 @@ def cmd_generate(args):
     return 0
 
 
+def _generate_with_sinks(args, model, tokenizer, prompt_ids):
+    """generate --sinks N,W: one sample through attention-sink caches, past the context if asked."""
+    from .data import decode, encode
+    from .streaming import streaming_generate
+    try:
+        n_sink, window = (int(v) for v in args.sinks.split(","))
+    except ValueError:
+        raise UsageError(f"--sinks must be two ints N,W (sink tokens, window), got {args.sinks!r}") from None
+    out = streaming_generate(model, prompt_ids, args.max_new_tokens, sinks=(n_sink, window),
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    stop = encode(tokenizer, args.stop).tolist() if args.stop else []
+    if stop and stop[0] in out:
+        out = out[:out.index(stop[0])]
+    print(args.prompt + decode(tokenizer, out))
+    return 0
+
+
 def cmd_eval(args):
     from .data import TokenData, encode, read_text
     from .train import evaluate_split
@@ -109,6 +137,9 @@ def cmd_eval(args):
     ids = encode(tokenizer, read_text(args.data))
     data = TokenData(ids, args.val_fraction)
     split = data.splits[args.split] if args.data is None or args.split != "all" else ids
+    from . import cli_long_context
+    if cli_long_context.wanted(args):
+        return cli_long_context.run(args, model, tokenizer, split)
     loss = evaluate_split(model, split, args.batch_size, progress=not args.no_progress)
     print(json.dumps({"split": args.split, "tokens": int(len(split)), "loss": round(loss, 4),
                       "perplexity": round(math.exp(loss), 4)}))
@@ -140,6 +171,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped "
                    "(the rules are below)")
     p.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --out")
+    p.add_argument("--block-size", type=block_size_spec, help="the context length; with --resume, Nx (or a larger "
+                   "N) extends the checkpoint's context: RoPE positions interpolated, a fine-tune at the longer "
+                   "length (docs/long_context.md)")
     for flag, kind in (("--max-iters", nonnegative_int), ("--batch-size", positive_int), ("--lr", positive_float),
                        ("--seed", seed_int), ("--eval-interval", positive_int), ("--eval-iters", nonnegative_int),
                        ("--grad-accum", positive_int), ("--dropout", dropout_rate), ("--sample-tokens", nonnegative_int),
@@ -179,6 +213,8 @@ def build_parser():
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slow; for checking)")
     p.add_argument("--no-stream", action="store_true")
+    p.add_argument("--sinks", help="N,W: attention sinks (StreamingLLM): keep the first N tokens and the last W, so "
+                   "generation runs past the context at constant memory (RoPE models; docs/long_context.md)")
     p.add_argument("--threads", type=thread_count)
     p.set_defaults(run=cmd_generate)
 
@@ -190,6 +226,8 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=thread_count)
+    from .cli_long_context import add_arguments as add_long_context_arguments
+    add_long_context_arguments(p)
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint's weights to INT8 or INT4")

@@ -48,6 +48,12 @@ def _flags(args):
              "sample_tokens": args.sample_tokens, "tokenizer": args.tokenizer,
              "tokenizer_vocab_size": args.tokenizer_vocab_size, "lr_decay_iters": args.lr_decay_iters}
     model = {"dropout": args.dropout, "aux_loss_coef": args.aux_loss_coef, "z_loss_coef": args.z_loss_coef}
+    spec = getattr(args, "block_size", None)
+    if spec is not None and not args.resume:
+        if spec[0] != "tokens":
+            raise UsageError("--block-size Nx extends a checkpoint's context: it needs --resume (a new run takes "
+                             "--block-size N, in tokens)")
+        model["block_size"] = spec[1]
     return ({k: v for k, v in model.items() if v is not None}, {k: v for k, v in train.items() if v is not None})
 
 
@@ -99,6 +105,19 @@ def _resume_configs(args, out):
     model_config = config_from_dict(ModelConfig, saved["config"]["model"], f"{where}: model")
     note = (f"(--resume: the run was to {saved_max} steps and now goes to {max_iters}, from step {state['step']})"
             if max_iters != saved_max else None)
+    if getattr(args, "block_size", None):
+        from dataclasses import replace
+        from .context_extension import extended_model
+        try:
+            changes = extended_model(model_config, args.block_size)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if changes["block_size"] != model_config.block_size:
+            extended = (f"context {model_config.block_size} -> {changes['block_size']}" +
+                        (f", RoPE positions interpolated (rope_scaling {changes['rope_scaling']})"
+                         if changes["rope_scaling"] != model_config.rope_scaling else ""))
+            note = f"{note}\n(--block-size: {extended})" if note else f"(--block-size: {extended})"
+        model_config = replace(model_config, **changes)
     return model_config, train_config, overrides, note
 
 
@@ -176,10 +195,13 @@ def _train(args, comm, out, lock):
     except distributed.RootFailed:
         return 0                                  # rank 0 reports the problem
 
+    changes = ({"block_size": model_config.block_size, "rope_scaling": model_config.rope_scaling}
+               if args.resume and getattr(args, "block_size", None) else None)
+
     def train():
         trainer = Trainer(model_config, train_config, out, args.data, resume=args.resume,
                           progress=not args.no_progress, log=lambda msg: print(msg, file=sys.stderr),
-                          comm=comm, parallel=parallel, resume_overrides=overrides)
+                          comm=comm, parallel=parallel, resume_overrides=overrides, model_changes=changes)
         if root:
             _describe(trainer, comm)
             if note:

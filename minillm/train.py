@@ -94,9 +94,11 @@ class Trainer:
     """
 
     def __init__(self, model_config, train_config, out_dir, data_path=None, resume=False, progress=True, log=print,
-                 comm=None, parallel=None, resume_overrides=None):
+                 comm=None, parallel=None, resume_overrides=None, model_changes=None):
         """resume: continue the checkpoint in out_dir; its model and training config are used, with
-        train_config.max_iters as the new end and resume_overrides (see resume_config) applied."""
+        train_config.max_iters as the new end and resume_overrides (see resume_config) applied.
+        model_changes: fields of the checkpoint's model config a resumed run changes (the longer
+        context of `--block-size`: block_size and rope_scaling, minillm/context_extension.py)."""
         self.config, self.out_dir, self.progress, self.log = train_config, out_dir, progress, log
         self.comm = comm or LocalCommunicator()
         text = read_text(data_path)
@@ -109,7 +111,8 @@ class Trainer:
             where += ": train_config"
             try:
                 self.tokenizer = saved["tokenizer"]
-                model_config = config_from_dict(ModelConfig, saved["config"]["model"], "checkpoint config: model")
+                model_config = config_from_dict(ModelConfig, {**saved["config"]["model"], **(model_changes or {})},
+                                                "checkpoint config: model")
                 self.config = train_config = TrainConfig.from_dict(
                     resume_config(saved["state"]["train_config"], train_config.max_iters, resume_overrides), where)
             except (OSError, ValueError) as error:

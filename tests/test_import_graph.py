@@ -32,10 +32,11 @@ LAYERS = [
     ("workflows", ["minillm.optim", "minillm.data", "minillm.lora", "minillm.finetune", "minillm.sft_data", "minillm.sft_eval", "minillm.checkpoint", "minillm.checkpoint_files",
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
-                   "minillm.pretrained", "minillm.chat"]),
+                   "minillm.pretrained", "minillm.chat", "minillm.streaming",
+                   "minillm.context_extension", "minillm.long_eval"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.scaling.cli",
-             "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+             "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

@@ -7,6 +7,8 @@
     F.fused_linear, F.packed_attention, F.linear_cross_entropy   (fused nodes: q/k/v as one matmul,
     the heads' attention with RoPE on packed projections, an LM head with its loss)
     F.lora_linear, F.lora_quantized_linear (LoRA over a float or quantized base)
+    F.RopeScaling, F.rope_frequencies   (RoPE scaling: linear, dynamic NTK, yarn, llama3)
+    F.AttentionPattern, F.sparse_attention, F.linear_attention   (long context: docs/long_context.md)
 
 The math lives in `minillm.kernels` (NumPy reference or native); these only check the
 arguments and connect forward to backward. Each op is a lowercase function (F.rms_norm) over a
@@ -19,6 +21,9 @@ from .linear import embedding, fused_linear, linear
 from .lora import dropout_mask, lora_linear, lora_quantized_linear
 from .norm import layer_norm, rms_norm
 from .quant import quantized_linear
+from .rope_scaling import ROPE_TYPES, RopeScaling, rope_frequencies
+from .attention_patterns import AttentionPattern
+from .sparse_attention import linear_attention, sparse_attention
 from .softmax import cross_entropy, linear_cross_entropy, log_softmax, softmax
 
 __all__ = [
@@ -27,4 +32,6 @@ __all__ = [
     "alibi_slopes", "rope_tables", "concat", "stack", "quantized_linear", "fused_linear", "packed_attention",
     "linear_cross_entropy",
     "lora_linear", "lora_quantized_linear", "dropout_mask",
+    "RopeScaling", "rope_frequencies", "ROPE_TYPES",
+    "AttentionPattern", "sparse_attention", "linear_attention",
 ]

@@ -7,6 +7,7 @@ from .. import kernels
 from ..autograd import Function, Tensor
 from ..kernels.reference.positions import alibi_slopes, sinusoidal_positions  # noqa: F401 (re-exported)
 from ._checks import as_input, check_float, check_ndim
+from .rope_scaling import cached_scaled_rope_angles
 
 
 class AttentionFn(Function):
@@ -22,7 +23,7 @@ class AttentionFn(Function):
         return kernels.attention_backward(dout, q, k, v, out, lse, **options)
 
 
-def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None):
+def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None, pattern=None):
     """softmax(q k^T / sqrt(D) + alibi + mask) v, one node with a handwritten backward.
 
     q: (B, H, T, D); k, v: (B, Hkv, S, D) with H % Hkv == 0 (MHA: Hkv = H, GQA, MQA: Hkv = 1).
@@ -32,7 +33,15 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     (B, T, S), a mask per query (packed examples: True where query and key are in the same one),
     which runs the NumPy reference on both backends.
     A query that sees no key returns zeros. Returns (B, H, T, D).
+    pattern: an F.AttentionPattern (dilated, strided, block_sparse; it carries its own causality):
+    F.sparse_attention, whose work is the visible pairs; it takes none of the other options.
     """
+    if pattern is not None:
+        if window is not None or alibi_slopes is not None or key_padding_mask is not None:
+            raise ValueError("attention: pattern (sparse attention) cannot be combined with window, alibi_slopes "
+                             "or key_padding_mask; express the window in the pattern")
+        from .sparse_attention import sparse_attention
+        return sparse_attention(q, k, v, pattern)
     q, k, v = as_input(q), as_input(k), as_input(v)
     check_float("attention", q=q, k=k, v=v)
     for name, a in (("q", q), ("k", k), ("v", v)):
@@ -90,12 +99,13 @@ class PackedAttentionFn(Function):
 
 
 def packed_attention(qkv, n_heads, n_kv_heads, positions=None, rope_theta=None, causal=True, window=None,
-                     alibi_slopes=None, key_padding_mask=None):
+                     alibi_slopes=None, key_padding_mask=None, rope_scaling=None):
     """Self-attention of the heads packed in qkv, one node (see PackedAttentionFn).
 
     qkv: (B, T, (n_heads + 2 n_kv_heads) D), the q, k and v projections side by side as
     F.fused_linear makes them. rope_theta: rotate q and k at positions (T,) or (B, T) (default
-    0..T-1); None: no rotation. The rest as in attention(). Returns (B, T, n_heads D).
+    0..T-1); None: no rotation. rope_scaling: an F.RopeScaling (None: plain RoPE). The rest as in
+    attention(). Returns (B, T, n_heads D).
     """
     qkv = as_input(qkv)
     check_float("packed_attention", qkv=qkv)
@@ -113,7 +123,7 @@ def packed_attention(qkv, n_heads, n_kv_heads, positions=None, rope_theta=None, 
         if not np.issubdtype(positions.dtype, np.integer) or positions.shape not in ((T,), (B, T)):
             raise ValueError(f"packed_attention: positions must be ints of shape ({T},) or ({B}, {T}), got "
                              f"{positions.dtype} {positions.shape}")
-        tables = rope_tables(positions, D, rope_theta, qkv.dtype)
+        tables = rope_tables(positions, D, rope_theta, qkv.dtype, rope_scaling)
     options = _attention_options("packed_attention", B, n_heads, T, T, causal, window, alibi_slopes, key_padding_mask)
     return PackedAttentionFn.apply(qkv, (n_heads, n_kv_heads), tables, options)
 
@@ -148,11 +158,12 @@ class RoPEFn(Function):
         return kernels.rope_backward(dy, *ctx.saved)
 
 
-def rope(x, positions, theta=10000.0):
+def rope(x, positions, theta=10000.0, scaling=None):
     """Rotary position embedding, rotate-half (GPT-NeoX / Llama) convention.
 
     x: (B, H, T, D) with D even; positions: (T,) or (B, T) ints. Pair (x_i, x_{i+D/2}) at
-    position p is rotated by the angle p * theta^(-2i/D).
+    position p is rotated by the angle p * theta^(-2i/D). scaling: an F.RopeScaling (linear,
+    dynamic, yarn, llama3: functional/rope_scaling.py) changes those frequencies; None: plain RoPE.
     """
     x = as_input(x)
     positions = np.asarray(positions.data if isinstance(positions, Tensor) else positions)
@@ -167,15 +178,18 @@ def rope(x, positions, theta=10000.0):
         raise ValueError(f"rope: positions has shape {positions.shape}; it must be ({T},) or ({B}, {T})")
     if not theta > 0:
         raise ValueError(f"rope: theta must be positive, got {theta}")
-    cos, sin = rope_tables(positions, D, theta, x.dtype)
+    cos, sin = rope_tables(positions, D, theta, x.dtype, scaling)
     return RoPEFn.apply(x, cos, sin)
 
 
-def rope_tables(positions, head_dim, theta, dtype):
+def rope_tables(positions, head_dim, theta, dtype, scaling=None):
     """(cos, sin) of kernels.rope_angles for integer positions (T,) or (B, T), read-only and cached:
     training repeats one arange every step, and the 2 * n_layer rope calls of a decode step share
-    their positions."""
+    their positions. scaling: an F.RopeScaling, or None for plain RoPE."""
     positions = np.asarray(positions)
+    if scaling is not None and scaling.rope_type != "default":
+        return cached_scaled_rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, head_dim,
+                                         float(theta), scaling, np.dtype(dtype).str)
     return _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, head_dim, theta,
                         np.dtype(dtype).str)
 

@@ -14,6 +14,7 @@ no output.weight). Tensors, by type:
 The q and k projections of a Llama file are in GGML's interleaved-RoPE row order and are put back
 in rotate-half order (layouts.py); GPT-2's fused attn_qkv is cut into q, k, v.
 """
+import math
 import os
 
 import numpy as np
@@ -115,19 +116,42 @@ def config_from_metadata(meta, vocab_size, tied, where):
         if f"{arch}.{key}" in meta and int(meta[f"{arch}.{key}"]) != D:
             raise FormatError(f"{where}: {arch}.{key} = {meta[f'{arch}.{key}']} differs from the head dim {D}; "
                               "minillm needs head_dim = width / heads with full rotary dims")
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None) and float(meta.get(f"{arch}.rope.scaling.factor", 1.0)) != 1.0:
-        raise FormatError(f"{where}: RoPE scaling {scaling!r} is not supported")
+    rope_scaling = _rope_scaling(meta, arch, int(get("context_length")), where)
     try:
         if arch == "llama":
             return ModelConfig(**common, n_kv_head=int(get("attention.head_count_kv", n_head)), norm="rmsnorm",
                                activation="swiglu", positions="rope", bias=False,
-                               rope_theta=_f32(get("rope.freq_base", 10000.0)),
+                               rope_theta=_f32(get("rope.freq_base", 10000.0)), rope_scaling=rope_scaling,
                                norm_eps=_f32(get("attention.layer_norm_rms_epsilon", 1e-5)))
         return ModelConfig(**common, norm="layernorm", activation="gelu", positions="learned", bias=True,
                            norm_eps=_f32(get("attention.layer_norm_epsilon", 1e-5)))
     except ValueError as error:
         raise FormatError(f"{where}: the metadata describe an impossible model: {error}") from None
+
+
+def _rope_scaling(meta, arch, context, where):
+    """GGUF's rope.scaling.* metadata (llama.cpp's names) as ModelConfig.rope_scaling, or None.
+
+    linear: factor; yarn: factor, original_context_length, yarn_beta_fast / yarn_beta_slow, attn_factor
+    (llama.cpp's multiplier over yarn's 0.1 ln(factor) + 1, which HF's attention_factor includes).
+    Llama 3's scaling lives in a rope_freqs tensor, not in metadata: such files are refused by the
+    tensor check (an unexpected tensor)."""
+    key = f"{arch}.rope.scaling."
+    kind = meta.get(key + "type", "none")
+    factor = float(meta.get(key + "factor", 1.0))
+    if kind in ("none", None) or factor == 1.0:
+        return None
+    values = {"rope_type": str(kind), "factor": factor}
+    if kind == "yarn":
+        values["original_max_position_embeddings"] = int(meta.get(key + "original_context_length", context))
+        for name, ours in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if key + name in meta:
+                values[ours] = float(meta[key + name])
+        if float(meta.get(key + "attn_factor", 1.0)) != 1.0:
+            values["attention_factor"] = float(meta[key + "attn_factor"]) * (0.1 * math.log(factor) + 1.0)
+    elif kind != "linear":
+        raise FormatError(f"{where}: RoPE scaling {kind!r} is not supported (linear and yarn are)")
+    return values
 
 
 def read_tensor(t, where):

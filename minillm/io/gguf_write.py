@@ -16,6 +16,7 @@ written block for block, so loading a GGUF and writing it again gives the same t
 A minillm character tokenizer, which GGUF has no type for, is kept in minillm.tokenizer.chars so
 minillm reads it back; other tools see a model without a vocabulary (tokenizer.ggml.model "none").
 """
+import math
 import os
 
 import numpy as np
@@ -95,6 +96,24 @@ def _tensor(name, ours, transform, weights, quantized, scheme):
     return quants.quantize(np.ascontiguousarray(w, dtype=np.float32), kind), kind
 
 
+def _rope_scaling_metadata(writer, config, arch):
+    """ModelConfig.rope_scaling as llama.cpp's rope.scaling.* keys (linear and yarn; the others have none)."""
+    s = config.rope_scaling_config()
+    if s is None:
+        return
+    key = f"{arch}.rope.scaling."
+    if s.rope_type not in ("linear", "yarn"):
+        raise ValueError(f"export: GGUF metadata has no RoPE scaling {s.rope_type!r} (linear and yarn only)")
+    writer.add_string(key + "type", s.rope_type)
+    writer.add_float32(key + "factor", float(s.factor))
+    if s.rope_type == "yarn":
+        writer.add_uint32(key + "original_context_length", s.original_max_position_embeddings)
+        writer.add_float32(key + "yarn_beta_fast", float(s.beta_fast))
+        writer.add_float32(key + "yarn_beta_slow", float(s.beta_slow))
+        if s.attention_factor is not None:
+            writer.add_float32(key + "attn_factor", float(s.attention_factor) / (0.1 * math.log(s.factor) + 1.0))
+
+
 def _metadata(writer, config, arch, scheme):
     from gguf import LlamaFileType
     c = config
@@ -107,6 +126,7 @@ def _metadata(writer, config, arch, scheme):
         writer.add_uint32(f"{arch}.attention.head_count_kv", c.n_kv_head or c.n_head)
         writer.add_float32(f"{arch}.rope.freq_base", c.rope_theta)
         writer.add_uint32(f"{arch}.rope.dimension_count", c.n_embd // c.n_head)
+        _rope_scaling_metadata(writer, c, arch)
         writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.norm_eps)
         writer.add_uint32(f"{arch}.vocab_size", c.vocab_size)
     else:

@@ -63,11 +63,23 @@ def read_tensors(directory):
 
 def _rope_theta(hf):
     params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind != "default":
-        raise FormatError(f"RoPE scaling {kind!r} is not supported")
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _rope_scaling(hf, where):
+    """rope_scaling (transformers < 5) or rope_parameters (>= 5) as ModelConfig.rope_scaling: None for
+    plain RoPE, else the HF dict without rope_theta, checked against F.RopeScaling."""
+    from ..functional import RopeScaling
+    values = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    values.pop("rope_theta", None)
+    kind = values.get("rope_type") or values.get("type") or "default"
+    if kind == "default":
+        return None
+    try:
+        RopeScaling.from_dict(values, hf.get("max_position_embeddings", 2048), where="rope_scaling")
+    except ValueError as error:
+        raise FormatError(f"{where}: {error}") from None
+    return values
 
 
 def config_from_hf(hf, where):
@@ -86,7 +98,7 @@ def config_from_hf(hf, where):
                 n_layer=hf["num_hidden_layers"], n_head=H, n_kv_head=hf.get("num_key_value_heads", H), n_embd=C,
                 d_ff=hf["intermediate_size"], norm="rmsnorm", activation="swiglu", positions="rope", bias=False,
                 tie_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=_rope_theta(hf),
-                norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
+                rope_scaling=_rope_scaling(hf, where), norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
         if arch in ("GPT2LMHeadModel", "GPT2Model", "gpt2"):
             if hf.get("activation_function", "gelu_new") not in GPT2_GELUS:
                 raise FormatError(f"{where}: GPT-2 activation {hf['activation_function']!r} is not supported "
@@ -200,7 +212,8 @@ def hf_config(config, arch):
                 "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head or c.n_head,
                 "head_dim": c.n_embd // c.n_head, "max_position_embeddings": c.block_size, "hidden_act": "silu",
                 "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
-                "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+                "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta,
+                                    **(c.rope_scaling_config().to_dict() if c.rope_scaling else {})},
                 "tie_word_embeddings": c.tie_embeddings, "attention_bias": False, "mlp_bias": False,
                 "torch_dtype": "float32"}
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,

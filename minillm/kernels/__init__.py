@@ -259,6 +259,34 @@ def paged_attention_forward(q, k_pages, v_pages, block_tables, seq_of, positions
                                                              window, alibi_slopes)
 
 
+def sparse_attention_forward(q, k, v, indptr, indices):
+    """(out, lse) of softmax attention over each query's list of keys (CSR, shared by batch and heads)."""
+    if _native:
+        return native.sparse_attention.sparse_attention_forward(q, k, v, indptr, indices)
+    return reference.sparse_attention.sparse_attention_forward(q, k, v, indptr, indices)
+
+
+def sparse_attention_backward(dout, q, k, v, out, lse, indptr, indices):
+    """(dq, dk, dv) of sparse_attention_forward."""
+    if _native:
+        return native.sparse_attention.sparse_attention_backward(dout, q, k, v, out, lse, indptr, indices)
+    return reference.sparse_attention.sparse_attention_backward(dout, q, k, v, out, lse, indptr, indices)
+
+
+def linear_attention_forward(phi_q, phi_k, v, causal=True, eps=1e-6):
+    """(out, den): linear attention over feature-mapped queries and keys, by running sums."""
+    if _native:
+        return native.linear_attention.linear_attention_forward(phi_q, phi_k, v, causal, eps)
+    return reference.linear_attention.linear_attention_forward(phi_q, phi_k, v, causal, eps)
+
+
+def linear_attention_backward(dout, phi_q, phi_k, v, out, den, causal=True):
+    """(dphi_q, dphi_k, dv) of linear_attention_forward."""
+    if _native:
+        return native.linear_attention.linear_attention_backward(dout, phi_q, phi_k, v, out, den, causal)
+    return reference.linear_attention.linear_attention_backward(dout, phi_q, phi_k, v, out, den, causal)
+
+
 # ---- optimizer
 
 def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):

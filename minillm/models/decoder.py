@@ -38,6 +38,9 @@ class ModelConfig:
     bias: bool = True
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Hugging Face's rope_scaling: {"rope_type": linear|dynamic|yarn|llama3, "factor", ...}
+    attention: str = "softmax"      # softmax | linear (elu + 1 features, running sums)
+    attention_pattern: dict | None = None   # sparse attention: {"kind": dilated|strided|block_sparse, ...}
     norm_eps: float = 1e-5
     init_std: float = 0.02
     # Mixture-of-Experts (nn.MoE); n_experts = 0 is a dense model and ignores the rest
@@ -62,6 +65,17 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig: dropout must be in [0, 1), got {self.dropout}")
         self._check_moe()
+        self.rope_scaling_config()                 # a bad rope_scaling fails here, naming the key
+        self.block_config(0)                       # and so do bad attention options
+
+    def rope_scaling_config(self):
+        """rope_scaling as an F.RopeScaling (None when unset); dynamic and yarn default their trained
+        context to block_size, as Hugging Face defaults them to max_position_embeddings."""
+        if self.rope_scaling is None:
+            return None
+        if self.positions != "rope":
+            raise ValueError(f"ModelConfig: rope_scaling needs positions = 'rope', got {self.positions!r}")
+        return F.RopeScaling.from_dict(self.rope_scaling, self.block_size, where="ModelConfig: rope_scaling")
 
     def _check_moe(self):
         if not isinstance(self.n_experts, int) or self.n_experts < 0:
@@ -103,6 +117,8 @@ class ModelConfig:
             norm=self.norm, activation=self.activation,
             positions=self.positions if self.positions in ("rope", "alibi") else None, causal=True,
             window=self.window, bias=self.bias, dropout=self.dropout, eps=self.norm_eps, rope_theta=self.rope_theta,
+            rope_scaling=self.rope_scaling_config(), attention=self.attention,
+            attention_pattern=F.AttentionPattern.from_dict(self.attention_pattern, "ModelConfig: attention_pattern"),
             init_std=self.init_std, n_experts=self.n_experts if self.is_moe_block(i) else 0, top_k=self.top_k,
             capacity_factor=self.capacity_factor, renormalize_gates=self.renormalize_gates)
 
@@ -250,9 +266,26 @@ class DecoderLM(nn.Module):
                 "aux_loss": sum(m.stats["aux_loss"] for m in moe), "z_loss": sum(m.stats["z_loss"] for m in moe),
                 "ce": getattr(self, "_last_ce", None)}
 
-    def new_caches(self, batch, max_len=None, dtype=np.float32):
-        """One empty KVCache per block, for up to max_len (default: the context length) tokens."""
+    def new_caches(self, batch, max_len=None, dtype=np.float32, sinks=None):
+        """One empty KVCache per block, for up to max_len (default: the context length) tokens.
+
+        Linear attention gets an nn.LinearAttentionState per block (constant size). sinks=(n_sink,
+        window): an nn.SinkKVCache per block (StreamingLLM), which keeps the first n_sink tokens and
+        the last window, so generation runs on at constant memory; n_sink + window must fit in the
+        context (positions are counted inside the cache)."""
         c = self.config
+        D = c.n_embd // c.n_head
+        if c.attention == "linear":
+            return [nn.LinearAttentionState(batch, c.n_head, D, dtype=dtype) for _ in range(c.n_layer)]
+        if sinks is not None:
+            n_sink, window = sinks
+            if c.positions != "rope" or c.attention != "softmax":
+                raise ValueError(f"new_caches: attention sinks need softmax attention with RoPE (positions counted in "
+                                 f"the cache), not positions={c.positions!r}, attention={c.attention!r}")
+            if n_sink + window >= c.block_size:
+                raise ValueError(f"new_caches: sinks {n_sink} + window {window} must be less than the context "
+                                 f"length {c.block_size}")
+            return [nn.SinkKVCache(batch, c.n_kv_head or c.n_head, n_sink, window, D, dtype) for _ in range(c.n_layer)]
         max_len = max_len or c.block_size
         return [nn.KVCache(batch, c.n_kv_head or c.n_head, max_len, c.n_embd // c.n_head, dtype)
                 for _ in range(c.n_layer)]

@@ -4,6 +4,7 @@ import numpy as np
 from .. import functional as F
 from .. import kernels
 from ..autograd import Tensor
+from .caches import LinearAttentionState, SinkKVCache
 from .config import BlockConfig
 from .fused import FusedProjection
 from .layers import Linear
@@ -29,6 +30,8 @@ class Attention(Module):
         c = config
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
         self.positions, self.causal, self.window, self.rope_theta = c.positions, c.causal, c.window, c.rope_theta
+        self.rope_scaling = c.rope_scaling
+        self.attention, self.pattern = c.attention, c.attention_pattern     # long context: docs/long_context.md
         self.alibi_slopes = F.alibi_slopes(c.n_heads) if c.positions == "alibi" else None
         kv_dim = c.kv_heads * c.head_dim
         init = dict(bias=c.bias, init_std=c.init_std, rng=rng, dtype=dtype)
@@ -47,14 +50,14 @@ class Attention(Module):
         """
         self._check_input(x)
         projections = (self.wq, self.wk, self.wv)
-        if cache is not None or not all(isinstance(m, Linear) for m in projections):
+        if cache is not None or not all(isinstance(m, Linear) for m in projections) or self._long_context:
             return self.composed(x, positions, key_padding_mask, cache)
         weights = [m.weight for m in projections]
         biases = None if self.wq.bias is None else [m.bias for m in projections]
         qkv = F.fused_linear(x, weights, biases, stacked=self.qkv.stacked(weights, biases))   # (B, T, (H + 2 Hkv) D)
         y = F.packed_attention(qkv, self.n_heads, self.n_kv_heads, positions,
                                self.rope_theta if self.positions == "rope" else None, self.causal, self.window,
-                               self.alibi_slopes, key_padding_mask)                       # (B, T, C)
+                               self.alibi_slopes, key_padding_mask, rope_scaling=self.rope_scaling)   # (B, T, C)
         return self.wo(y)
 
     def composed(self, x, positions=None, key_padding_mask=None, cache=None):
@@ -74,13 +77,29 @@ class Attention(Module):
         v = self.wv(x).reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)     # (B, Hkv, T, D)
         if self.positions == "rope":
             positions = np.arange(T) if positions is None else positions
-            q = F.rope(q, positions, self.rope_theta)
-            k = F.rope(k, positions, self.rope_theta)
-        if cache is not None:
+            q = F.rope(q, positions, self.rope_theta, self.rope_scaling)
+            k = F.rope(k, positions, self.rope_theta, self.rope_scaling)
+        if cache is not None and not isinstance(cache, (LinearAttentionState, SinkKVCache)):
             k, v = cache.append(k, v)                                   # (B, Hkv, S, D), S = all cached
-        y = F.attention(q, k, v, causal=self.causal, window=self.window, alibi_slopes=self.alibi_slopes,
-                        key_padding_mask=key_padding_mask)              # (B, H, T, D)
+        elif cache is not None:
+            raise ValueError("Attention: a linear-attention state or a sink cache is for infer() (generation)")
+        if self._long_context:
+            self._check_long_context(key_padding_mask)
+            y = (F.linear_attention(q, k, v, causal=self.causal) if self.attention == "linear"
+                 else F.attention(q, k, v, pattern=self.pattern))
+        else:
+            y = F.attention(q, k, v, causal=self.causal, window=self.window, alibi_slopes=self.alibi_slopes,
+                            key_padding_mask=key_padding_mask)          # (B, H, T, D)
         return self.wo(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+    @property
+    def _long_context(self):
+        return self.attention == "linear" or self.pattern is not None
+
+    def _check_long_context(self, key_padding_mask):
+        if key_padding_mask is not None:
+            raise ValueError("Attention: linear and sparse attention take no key_padding_mask (generate prompts "
+                             "of one length, or one at a time)")
 
     def _check_input(self, x):
         if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
@@ -96,11 +115,18 @@ class Attention(Module):
         qkv = self.qkv(x, [m.weight for m in projections], biases)              # (B, T, (H + 2 Hkv) D)
         heads = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)        # (B, H + 2 Hkv, T, D)
         q, k, v = heads[:, :H], heads[:, H:H + Hkv], heads[:, H + Hkv:]
+        if isinstance(cache, SinkKVCache):
+            y = self._infer_with_sinks(q, k, v, positions, key_padding_mask, cache)
+            return self.wo.infer(y.transpose(0, 2, 1, 3).reshape(B, T, C))
         if self.positions == "rope":
-            cos, sin = F.rope_tables(np.arange(T) if positions is None else positions, D, self.rope_theta, x.dtype)
+            cos, sin = F.rope_tables(np.arange(T) if positions is None else positions, D, self.rope_theta, x.dtype,
+                                     self.rope_scaling)
             q, k = kernels.rope_forward(q, cos, sin), kernels.rope_forward(k, cos, sin)
         options = (self.causal, self.window, self.alibi_slopes, key_padding_mask)
-        if cache is not None and hasattr(cache, "attend"):                     # a paged cache (minillm/serve):
+        if self._long_context:
+            self._check_long_context(key_padding_mask)
+            y = self._infer_long_context(q, k, v, cache)
+        elif cache is not None and hasattr(cache, "attend"):                     # a paged cache (minillm/serve):
             y = cache.attend(q, k, v, *options)                                 # it stores k, v and reads its blocks
         elif cache is not None and T <= KV_ATTENTION_MAX_T:                      # a decode step: read the cache in place
             cache.append(k, v)
@@ -110,6 +136,36 @@ class Attention(Module):
                 k, v = cache.append(k, v)                                       # (B, Hkv, S, D)
             y, _ = kernels.attention_forward(q, k, v, *options)                 # (B, H, T, D)
         return self.wo.infer(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+    def _infer_long_context(self, q, k, v, cache):
+        """Linear attention (through its state when generating) or sparse attention, on arrays."""
+        if self.attention == "linear":
+            if cache is None:
+                cache = LinearAttentionState(q.shape[0], self.n_heads, self.head_dim, dtype=q.dtype)
+            elif not isinstance(cache, LinearAttentionState):
+                raise ValueError("Attention: linear attention generates with an nn.LinearAttentionState "
+                                 "(model.new_caches gives them)")
+            return cache.step(q, k, v).astype(q.dtype, copy=False)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        y, _ = kernels.sparse_attention_forward(q, k, v, *self.pattern.indices(q.shape[2], k.shape[2]))
+        return y
+
+    def _infer_with_sinks(self, q, k, v, positions, key_padding_mask, cache):
+        """Attention over a SinkKVCache: keys rotated at their places in the cache (0..L-1), the T new
+        queries at the last T of them, whatever positions the caller counts (StreamingLLM)."""
+        if key_padding_mask is not None or self._long_context or self.positions == "alibi":
+            raise ValueError("Attention: a sink cache needs softmax attention with RoPE or no positions in the "
+                             "block, and no key_padding_mask")
+        T, D = q.shape[2], self.head_dim
+        keys, values = cache.append(k, v)                                       # (B, Hkv, L, D), before RoPE
+        if self.positions == "rope":
+            L = keys.shape[2]
+            cos, sin = F.rope_tables(np.arange(L - T, L), D, self.rope_theta, q.dtype, self.rope_scaling)
+            q = kernels.rope_forward(np.ascontiguousarray(q), cos, sin)
+            keys = cache.rotated_keys(keys, D, self.rope_theta, self.rope_scaling)
+        y, _ = kernels.attention_forward(np.ascontiguousarray(q), keys, values, self.causal, self.window)
+        return y
 
     def extra_repr(self):
         return (f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "

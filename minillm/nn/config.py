@@ -12,6 +12,7 @@ from dataclasses import dataclass
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")
 POSITIONS = (None, "rope", "alibi")        # None: positions are the model's business (learned, sinusoidal)
+ATTENTIONS = ("softmax", "linear")         # linear: elu + 1 features, running sums (F.linear_attention)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class BlockConfig:
     dropout: float = 0.0            # on the attention and feed-forward outputs, while training
     eps: float = 1e-5               # of the norms
     rope_theta: float = 10000.0
+    rope_scaling: object = None     # an F.RopeScaling (linear, dynamic, yarn, llama3), None: plain RoPE
+    attention: str = "softmax"      # softmax | linear (F.linear_attention)
+    attention_pattern: object = None   # an F.AttentionPattern (dilated, strided, block_sparse), None: dense
     init_std: float = 0.02          # weights start as N(0, init_std^2)
     # Mixture-of-Experts feed-forward (nn.MoE); n_experts = 0 is a dense block and ignores the rest
     n_experts: int = 0
@@ -56,6 +60,14 @@ class BlockConfig:
                              f"(d_model {self.d_model} / n_heads {self.n_heads})")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"BlockConfig: window must be a positive int or None, got {self.window!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"BlockConfig: attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention_pattern is not None and (self.window is not None or self.attention == "linear"
+                                                   or self.positions == "alibi"):
+            raise ValueError("BlockConfig: attention_pattern (sparse attention) cannot be combined with window, "
+                             "linear attention or ALiBi; put the window in the pattern")
+        if self.attention == "linear" and (self.window is not None or self.positions == "alibi"):
+            raise ValueError("BlockConfig: linear attention has no window and no ALiBi")
         if not 0.0 <= self.dropout <= 1.0:
             raise ValueError(f"BlockConfig: dropout must be in [0, 1], got {self.dropout}")
         if not isinstance(self.n_experts, int) or self.n_experts < 0:

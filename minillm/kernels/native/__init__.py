@@ -42,6 +42,7 @@ else:
 AVAILABLE = _C is not None
 
 from . import activation, attention, kv_attention, linear, nf4, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
+from . import linear_attention, sparse_attention  # noqa: E402
 
 KERNELS = {kernel.__name__: kernel for kernel in (
     linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
@@ -54,4 +55,6 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, paged_attention.paged_attention_forward,
     optim.adamw_step,
     nf4.dequantize_nf4, nf4.nf4_matmul,
+    sparse_attention.sparse_attention_forward, sparse_attention.sparse_attention_backward,
+    linear_attention.linear_attention_forward, linear_attention.linear_attention_backward,
 )} if AVAILABLE else {}

@@ -11,12 +11,14 @@ from .attention import attention_backward, attention_forward, visible_keys
 from .kv_attention import kv_attention_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .nf4 import dequantize_nf4, nf4_matmul, quantize_nf4
+from .linear_attention import linear_attention_backward, linear_attention_forward
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .optim import adamw_step
 from .paged_attention import paged_attention_forward
 from .positions import alibi_slopes, sinusoidal_positions
 from .quant import dequantize_weights, quant_matmul, quantize_activations, quantize_weights
 from .rope import rope_angles, rope_backward, rope_forward
+from .sparse_attention import sparse_attention_backward, sparse_attention_forward
 from .softmax import (
     cross_entropy_backward, cross_entropy_forward, log_softmax_backward, log_softmax_forward,
     softmax_backward, softmax_forward,
@@ -32,6 +34,7 @@ KERNELS = [
     "cross_entropy_forward", "cross_entropy_backward",
     "rope_angles", "rope_forward", "rope_backward",
     "attention_forward", "attention_backward", "kv_attention_forward", "paged_attention_forward",
+    "sparse_attention_forward", "sparse_attention_backward", "linear_attention_forward", "linear_attention_backward",
     "adamw_step",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
     "quantize_nf4", "dequantize_nf4", "nf4_matmul",
