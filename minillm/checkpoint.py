@@ -16,7 +16,8 @@ import numpy as np
 from .config import read_config
 from .data import save_tokenizer, tokenizer_from_dict
 from .files import write_atomically, write_json
-from .models import DecoderLM, ModelConfig
+from .models import build_model as build_family_model
+from .models import family_of, model_config_from_dict
 from .nn.quantized import check_quantized_weights, quantize_model
 
 FORMAT = "minillm-checkpoint-1"
@@ -101,15 +102,18 @@ def load_checkpoint(directory, optimizer_wanted=False):
 
 
 def build_model(checkpoint):
-    """The DecoderLM and tokenizer a loaded checkpoint describes, with its weights (quantized
-    modules in place if config.json names a quantization scheme; see minillm/nn/quantized.py)."""
+    """The model (DecoderLM, or the family config.json names) and tokenizer a loaded checkpoint
+    describes, with its weights (quantized modules in place if config.json names a quantization
+    scheme; see minillm/nn/quantized.py)."""
     try:
-        config = ModelConfig.from_dict(checkpoint["config"]["model"])
+        config = model_config_from_dict(checkpoint["config"]["model"])
         tokenizer = tokenizer_from_dict(checkpoint["config"]["tokenizer"], checkpoint["directory"])
     except (KeyError, TypeError, ValueError, OSError) as error:
         raise CheckpointError(f"checkpoint config is invalid: {error}") from None
-    model = DecoderLM(config)
+    model = build_family_model(config)
     quantization = checkpoint["config"].get("quantization")
+    if quantization and family_of(config) != "decoder":
+        raise CheckpointError(f"checkpoint {checkpoint['directory']!r}: only decoder models are quantized")
     if quantization:
         try:
             quantize_model(model, quantization["scheme"], skeleton=True)

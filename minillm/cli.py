@@ -10,6 +10,7 @@
     minillm info       how the native extension was built (OpenMP, SIMD, threads); with --model, a model's
     minillm chat       talk to a pretrained model (minillm/pretrained_cli.py, as are generate --model and export)
     minillm export     a model as GGUF or a Hugging Face directory
+    minillm embed      sentence embeddings (and their cosine matrix) from an encoder (minillm/encoder_cli.py)
 
 Bad input (a missing or corrupt checkpoint, data that is empty or not UTF-8, a prompt longer
 than the context, ...) prints one line naming the problem and exits with code 2.
@@ -69,8 +70,9 @@ def _configs(args):
 def _prepare_train(args, out):
     """The run's model and training configs, after checking --out against --resume/--overwrite
     (and clearing it for --overwrite). Under MPI only rank 0 runs this."""
-    from .data import build_tokenizer, read_text
-    from .models import ModelConfig
+    from .data import read_text
+    from .families import build_tokenizer
+    from .models import model_config_from_dict
     model_spec, train_config = _configs(args)
     has_checkpoint = os.path.exists(os.path.join(out, "state.json"))
     if has_checkpoint and not (args.resume or args.overwrite):
@@ -79,9 +81,8 @@ def _prepare_train(args, out):
     if args.resume and not has_checkpoint:
         raise UsageError(f"--resume: no checkpoint in {out!r}")
     if model_spec.get("vocab_size") is None:       # the tokenizer decides
-        model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, read_text(args.data),
-                                                   train_config.tokenizer_vocab_size).vocab_size
-    model_config = ModelConfig.from_dict(model_spec)
+        model_spec["vocab_size"] = build_tokenizer(model_spec, train_config, read_text(args.data)).vocab_size
+    model_config = model_config_from_dict(model_spec)
     if args.overwrite and has_checkpoint and not args.resume:
         for name in ("state.json", "train_log.jsonl"):
             if os.path.exists(os.path.join(out, name)):
@@ -150,11 +151,12 @@ def cmd_train(args):
 
 
 def _describe(trainer, comm):
+    from .families import describe_data
     n, c, model_config = trainer.model.num_parameters(), trainer.config, trainer.model.config
+    family = getattr(model_config, "family", "decoder")
     print(f"model: {n / 1e6:.2f}M parameters ({trainer.model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M "
-          f"without embeddings), vocab {model_config.vocab_size}, context {model_config.block_size}; "
-          f"{len(trainer.data.splits['train']):,} train / {len(trainer.data.splits['val']):,} val tokens",
-          file=sys.stderr)
+          f"without embeddings), {family + ', ' if family != 'decoder' else ''}vocab {model_config.vocab_size}, "
+          f"context {model_config.block_size}; {describe_data(trainer.data)}", file=sys.stderr)
     if comm.size > 1:
         rows = c.batch_size * c.grad_accum
         print(f"data parallel: {comm.size} ranks share each batch of {rows} rows"
@@ -178,6 +180,9 @@ def cmd_generate(args):
         set_num_threads(args.threads)
     from .data import decode, encode
     model, tokenizer = _load(args.ckpt)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        from .encoder_cli import generate_family
+        return generate_family(args, model, tokenizer)
     prompt_ids = encode(tokenizer, args.prompt).tolist()
     if not prompt_ids:
         raise UsageError("--prompt is empty")
@@ -215,6 +220,9 @@ def cmd_eval(args):
         from . import set_num_threads
         set_num_threads(args.threads)
     model, tokenizer = _load(args.ckpt)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        from .encoder_cli import eval_family
+        return eval_family(args, model, tokenizer)
     ids = encode(tokenizer, read_text(args.data))
     data = TokenData(ids, args.val_fraction)
     split = data.splits[args.split] if args.data is None or args.split != "all" else ids
@@ -284,6 +292,10 @@ def build_parser():
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slow; for checking)")
     p.add_argument("--no-stream", action="store_true")
     p.add_argument("--threads", type=int)
+    p.add_argument("--num-beams", type=int, default=1, help="encoder-decoder checkpoints: beam search with this "
+                   "many beams (1: greedy or sampling)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: scores are divided by "
+                   "length ** this (> 0 favours longer outputs)")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("eval", help="loss and perplexity of a checkpoint")
@@ -294,6 +306,9 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int)
+    p.add_argument("--examples", type=int, default=500, help="encoder-decoder checkpoints of a generated task: "
+                   "held-out examples for the exact-match rate (default %(default)s)")
+    p.add_argument("--num-beams", type=int, default=1, help="encoder-decoder checkpoints: beams when generating")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint's weights to INT8 or INT4")
@@ -313,6 +328,8 @@ def build_parser():
     p.set_defaults(run=cmd_info)
     from .pretrained_cli import add_parsers as add_pretrained_parsers
     add_pretrained_parsers(sub)
+    from .encoder_cli import add_parsers as add_encoder_parsers
+    add_encoder_parsers(sub)
     from .tokenizers.cli import add_parser as add_tokenizer_parser
     add_tokenizer_parser(sub)
     from .scaling.cli import add_parser as add_scaling_parser

@@ -25,10 +25,11 @@ import numpy as np
 from . import checkpoint as ckpt
 from .autograd import no_grad
 from .config import config_from_dict
-from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text, tokenizer_from_dict
+from . import families
+from .data import cached_token_ids, decode, encode, read_text, tokenizer_from_dict
 from .distributed import DataParallel, LocalCommunicator, merge_from_ranks
 from .generate import generate
-from .models import DecoderLM, ModelConfig
+from .models import build_model, model_config_from_dict
 from .optim import SGD, AdamW, cosine_lr, param_groups
 from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
 
@@ -54,6 +55,12 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 1337
     sample_tokens: int = 200       # length of the sample printed at the end (0: none)
+    # other model families (minillm/families.py): MLM for encoders, the seq2seq data for encoder-decoders
+    mlm_probability: float = 0.15  # encoder: the fraction of non-special tokens predicted
+    task: str | None = None        # encoder_decoder: reverse | sort | add (generated) | span_corruption (the text)
+    task_max_len: int = 12         # the longest source of a generated task, in characters
+    noise_density: float = 0.15    # span_corruption: the fraction of tokens that are noise
+    mean_noise_span_length: float = 3.0
 
     @classmethod
     def from_dict(cls, values):
@@ -122,20 +129,19 @@ class Trainer:
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
             self.tokenizer = tokenizer_from_dict(saved["config"]["tokenizer"], out_dir)
-            model_config = ModelConfig.from_dict(saved["config"]["model"])
+            model_config = model_config_from_dict(saved["config"]["model"])
             self.config = train_config = TrainConfig.from_dict(saved["state"]["train_config"] | {
                 "max_iters": train_config.max_iters})
         else:
-            self.tokenizer = build_tokenizer(train_config.tokenizer, text,
-                                             train_config.tokenizer_vocab_size or model_config.vocab_size)
+            self.tokenizer = families.build_tokenizer(model_config, train_config, text)
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"the model's vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
         cache_dir = os.path.join(out_dir, "cache") if data_path is None else os.path.dirname(os.path.abspath(data_path))
-        ids = self.comm.root_first(lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir))
-        self.data = TokenData(ids, train_config.val_fraction)
+        self.data = families.make_data(model_config, train_config, self.tokenizer, lambda: self.comm.root_first(
+            lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir)))
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
-        self.model = DecoderLM(model_config, rng=self.init_rng)
+        self.model = build_model(model_config, rng=self.init_rng)
         self.data_rng = np.random.default_rng([train_config.seed, 1])
         groups = param_groups(self.model, train_config.weight_decay)
         if train_config.optimizer == "adamw":
@@ -249,6 +255,8 @@ class Trainer:
                 "expert_load": (losses or {}).get("expert_load") or (self.last_moe or {}).get("expert_load")}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
+        if getattr(self.model.config, "family", "decoder") != "decoder":
+            return families.sample(self, max_new_tokens)
         ids = encode(self.tokenizer, prompt).tolist()
         out = generate(self.model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
                        seed=self.config.seed if seed is None else seed)

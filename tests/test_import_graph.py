@@ -31,9 +31,11 @@ LAYERS = [
     ("io", ["minillm.io"]),
     ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.generate", "minillm.train",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
-                   "minillm.pretrained", "minillm.chat"]),
+                   "minillm.pretrained", "minillm.chat", "minillm.families", "minillm.mlm", "minillm.seq2seq",
+                   "minillm.seq2seq_data", "minillm.embed"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm", "minillm.cli", "minillm.pretrained_cli", "minillm.scaling.cli", "minillm.tokenizers.cli",
+    ("top", ["minillm", "minillm.cli", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
+             "minillm.tokenizers.cli",
              "minillm.__main__", "minillm.demo",
              "minillm.testing"]),
 ]

@@ -1,17 +1,18 @@
 """Layer-sized autograd ops, each one node on the tape with a handwritten backward.
 
     import minillm.functional as F
-    F.linear, F.embedding, F.rms_norm, F.layer_norm, F.gelu, F.silu, F.swiglu,
+    F.linear, F.embedding, F.rms_norm, F.layer_norm, F.gelu, F.relu, F.silu, F.swiglu,
     F.softmax, F.log_softmax, F.cross_entropy, F.dropout, F.rope, F.attention,
-    F.sinusoidal_positions, F.alibi_slopes, F.quantized_linear
+    F.relative_position_bias, F.sinusoidal_positions, F.alibi_slopes, F.quantized_linear
 
 The math lives in `minillm.kernels` (NumPy reference or native); these only check the
 arguments and connect forward to backward. Each op is a lowercase function (F.rms_norm) over a
 Function class named <Op>Fn (RMSNormFn), which keeps it apart from the nn module (nn.RMSNorm).
 """
 from ..autograd import concat, stack
-from .activation import dropout, gelu, silu, swiglu
+from .activation import dropout, gelu, relu, silu, swiglu
 from .attention import alibi_slopes, attention, rope, sinusoidal_positions
+from .attention_bias import relative_position_bias
 from .linear import embedding, linear
 from .norm import layer_norm, rms_norm
 from .quant import quantized_linear
@@ -20,5 +21,5 @@ from .softmax import cross_entropy, log_softmax, softmax
 __all__ = [
     "linear", "embedding", "rms_norm", "layer_norm", "gelu", "silu", "swiglu", "softmax",
     "log_softmax", "cross_entropy", "dropout", "rope", "attention", "sinusoidal_positions",
-    "alibi_slopes", "concat", "stack", "quantized_linear",
+    "alibi_slopes", "concat", "stack", "quantized_linear", "relu", "relative_position_bias",
 ]

@@ -22,7 +22,7 @@ class AttentionFn(Function):
         return kernels.attention_backward(dout, q, k, v, out, lse, **options)
 
 
-def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None):
+def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None, bias=None, scale=None):
     """softmax(q k^T / sqrt(D) + alibi + mask) v, one node with a handwritten backward.
 
     q: (B, H, T, D); k, v: (B, Hkv, S, D) with H % Hkv == 0 (MHA: Hkv = H, GQA, MQA: Hkv = 1).
@@ -30,6 +30,9 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     causal: keys after the query are hidden. window: keys at distance >= window are hidden.
     alibi_slopes: (H,), adds -slope * distance. key_padding_mask: (B, S) bool, True = keep.
     A query that sees no key returns zeros. Returns (B, H, T, D).
+    bias: an additive score bias, (H, T, S) or (B, H, T, S), which may take a gradient (T5's relative
+    positions); scale: the factor on q k^T in place of 1 / sqrt(D) (1.0: T5's unscaled attention).
+    Either one runs minillm/functional/attention_bias.py (NumPy, no window or ALiBi there).
     """
     q, k, v = as_input(q), as_input(k), as_input(v)
     check_float("attention", q=q, k=k, v=v)
@@ -56,6 +59,11 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
             raise TypeError(f"attention: key_padding_mask must be bool (True = keep), got {key_padding_mask.dtype}")
         if key_padding_mask.shape != (B, S):
             raise ValueError(f"attention: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
+    if bias is not None or scale is not None:
+        if window is not None or alibi_slopes is not None:
+            raise ValueError("attention: bias and scale do not combine with window or alibi_slopes")
+        from .attention_bias import attention_bias
+        return attention_bias(q, k, v, bias, scale, causal, key_padding_mask)
     options = dict(causal=bool(causal), window=None if window is None else int(window),
                    alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
     return AttentionFn.apply(q, k, v, options)

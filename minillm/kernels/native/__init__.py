@@ -13,7 +13,7 @@ else:
 
 AVAILABLE = _C is not None
 
-from . import activation, attention, linear, norm, quant, softmax  # noqa: E402 (they read _C above)
+from . import activation, attention, gelu_erf, linear, norm, quant, softmax  # noqa: E402 (they read _C above)
 
 KERNELS = {kernel.__name__: kernel for kernel in (
     linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
@@ -22,5 +22,6 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     softmax.cross_entropy_forward, softmax.cross_entropy_backward,
     norm.rms_norm_forward, norm.rms_norm_backward, norm.layer_norm_forward, norm.layer_norm_backward,
     activation.gelu_forward, activation.gelu_backward, activation.silu_forward, activation.silu_backward,
+    gelu_erf.gelu_erf_forward, gelu_erf.gelu_erf_backward,
     quant.quantize_activations, quant.quant_matmul,
 )} if AVAILABLE else {}

@@ -8,6 +8,11 @@ from .activation import (
     swiglu_backward, swiglu_forward,
 )
 from .attention import attention_backward, attention_forward, visible_keys
+from .attention_bias import (
+    attention_bias_backward, attention_bias_forward, relative_position_bias_backward, relative_position_bias_forward,
+    relative_position_buckets,
+)
+from .gelu_erf import gelu_erf_backward, gelu_erf_forward, relu_backward, relu_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
 from .positions import alibi_slopes, sinusoidal_positions
@@ -28,5 +33,8 @@ KERNELS = [
     "cross_entropy_forward", "cross_entropy_backward",
     "rope_angles", "rope_forward", "rope_backward",
     "attention_forward", "attention_backward",
+    "gelu_erf_forward", "gelu_erf_backward", "relu_forward", "relu_backward",
+    "attention_bias_forward", "attention_bias_backward", "relative_position_buckets",
+    "relative_position_bias_forward", "relative_position_bias_backward",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
 ]
