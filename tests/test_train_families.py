@@ -71,8 +71,8 @@ def test_t5_learns_a_small_sort_task_and_generates_with_beams(tmp_path, capsys):
     config.write_text(json.dumps({
         "model": {"family": "encoder_decoder", "vocab_size": None, "block_size": 8, "n_layer": 1, "n_head": 2,
                   "n_embd": 32, "d_ff": 64, "num_buckets": 8, "max_distance": 16},
-        "train": {"task": "sort", "task_max_len": 3, "batch_size": 32, "max_iters": 250, "lr": 3e-3, "min_lr": 3e-4,
-                  "warmup_iters": 20, "lr_decay_iters": 250, "eval_interval": 250, "eval_iters": 2,
+        "train": {"task": "sort", "task_max_len": 3, "batch_size": 32, "max_iters": 400, "lr": 3e-3, "min_lr": 3e-4,
+                  "warmup_iters": 20, "lr_decay_iters": 400, "eval_interval": 400, "eval_iters": 2,
                   "sample_tokens": 0, "weight_decay": 0.0}}))
     out = str(tmp_path / "t5")
     code, _, err = run(capsys, "train", "--config", str(config), "--out", out, "--no-progress")
