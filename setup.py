@@ -1,8 +1,9 @@
 """Build the native extension `minillm._C` from csrc/ (every .cpp in it and its subfolders).
 
--O3 everywhere; the AVX2/FMA code paths are compiled per function with
-`__attribute__((target(...)))` and chosen at run time, so one build runs on any
-x86-64 (and on ARM, where only the portable scalar path is compiled). OpenMP is
+-O3 everywhere; the AVX2/FMA, AVX-512 and VNNI code paths are compiled per
+function with `__attribute__((target(...)))` and chosen at run time (csrc/simd.h),
+so one build runs on any x86-64 (and on ARM, where only the portable scalar path
+is compiled). OpenMP is
 used when the compiler supports it; otherwise the build goes on without it and
 `minillm.build_info()` says so. The sources compile in parallel (MINILLM_BUILD_JOBS sets how
 many at once; the default is one per CPU).
@@ -47,6 +48,14 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def headers(root):
+    """Every header and included fragment under root: a change to one rebuilds the extension."""
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [os.path.join(folder, f) for f in files if f.endswith((".h", ".inc"))]
+    return sorted(p.replace(os.sep, "/") for p in found)
+
+
 def cpp_sources(root):
     """Every .cpp under root, as sorted relative paths (the same list, in the same order, everywhere)."""
     found = []
@@ -57,6 +66,6 @@ def cpp_sources(root):
 
 ParallelCompile("MINILLM_BUILD_JOBS").install()
 sources = cpp_sources("csrc")
-ext = Pybind11Extension("minillm._C", sources, include_dirs=["csrc"], cxx_std=17)
+ext = Pybind11Extension("minillm._C", sources, include_dirs=["csrc"], depends=headers("csrc"), cxx_std=17)
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

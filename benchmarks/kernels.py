@@ -3,11 +3,15 @@ reference kernels for everything else, and PyTorch (CPU) as a second column wher
 
     python benchmarks/kernels.py                 # everything, 2 threads
     python benchmarks/kernels.py --only gemm     # gemm | attention | memory | rows
+    python benchmarks/kernels.py --isa avx2      # our kernels forced onto one path (minillm info lists them)
     python benchmarks/kernels.py --quick         # fewer repeats, smaller shapes (a smoke run)
 
 Each row: median seconds per call of ours and the baselines, timed interleaved in this process
-(benchmarks/harness.py), and ratio = baseline time / our time (> 1 means we are faster).
-Writes benchmarks/results/kernels.json.
+(benchmarks/harness.py, which sleeps between libraries so one's spinning threads do not slow the
+next), and ratio = baseline time / our time (> 1 means we are faster). The GEMM section ends with
+the project's targets: sgemm 1024^3 (NN) >= 1.0x NumPy, the geomean of the transformer shapes in
+NN/NT/TN >= 1.0x, each decode GEMV (y = x W^T) >= 1.0x; the header names the CPU and the path each
+kernel family takes. Writes benchmarks/results/kernels.json.
 """
 import argparse
 import json
@@ -28,40 +32,72 @@ try:
 except ImportError:
     torch = None
 
-GEMM_SHAPES = [(1024, 1024, 1024), (768, 128, 512), (768, 512, 128), (768, 128, 128), (3072, 288, 768),
-               (3072, 768, 288), (1, 288, 32000), (1, 768, 768)]   # (M, K, N)
+SGEMM = (1024, 1024, 1024)                                                  # (M, K, N)
+TRANSFORMER = [(768, 128, 512), (768, 512, 128), (768, 128, 128), (3072, 288, 768), (3072, 768, 288)]
+GEMV = [(1, 288, 32000), (1, 768, 768), (1, 768, 2048)]
+SETTLE = 0.2   # seconds between libraries: OpenBLAS's and torch's threads spin for a while after a call
 
 
 def native_kernel(name):
     return native.KERNELS.get(name)
 
 
+def gemm_cases(quick):
+    """(group, M, K, N, transposes): sgemm 1024^3, the transformer shapes in NN (dX = dY W), NT
+    (y = x W^T, the forward) and TN (dW = dY^T X), and the decode GEMVs (NT, and NN for reference)."""
+    transformer = TRANSFORMER[:2] if quick else TRANSFORMER
+    return ([("sgemm", *SGEMM, t) for t in ("NN", "NT", "TN")] +
+            [("transformer", *shape, t) for shape in transformer for t in ("NN", "NT", "TN")] +
+            [("gemv", *shape, t) for shape in (GEMV[1:2] if quick else GEMV) for t in ("NT", "NN")])
+
+
 def gemm_rows(repeats, quick):
-    """C = op(A) op(B) for NN (dX = dY W), NT (y = x W^T, the forward), TN (dW = dY^T X)."""
+    """C = op(A) op(B) at the cases of gemm_cases, ours against NumPy (and torch)."""
     matmul = native_kernel("matmul")
     rows = []
     rng = np.random.default_rng(0)
-    for M, K, N in GEMM_SHAPES[:3] if quick else GEMM_SHAPES:
-        for trans in ("NN", "NT", "TN"):
-            ta, tb = trans[0] == "T", trans[1] == "T"
-            a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-            a_op, b_op = (a.T if ta else a), (b.T if tb else b)
-            baselines = {"numpy": lambda: np.matmul(a_op, b_op)}
-            if torch is not None:
-                at, bt = torch.from_numpy(a), torch.from_numpy(b)
-                at_op, bt_op = (at.T if ta else at), (bt.T if tb else bt)
-                baselines["torch"] = lambda: torch.matmul(at_op, bt_op)
-            if matmul is None:
-                rows.append(dict(kernel=f"sgemm {trans}", shape=f"{M}x{K}x{N}", note="no native matmul"))
-                continue
-            t = compare(lambda: matmul(a, b, trans_a=ta, trans_b=tb), baselines, repeats=repeats)
-            flops = 2.0 * M * N * K
-            rows.append(dict(kernel=f"sgemm {trans}", shape=f"{M}x{K}x{N}", ours=t["ours"], numpy=t["numpy"],
-                             torch=t.get("torch"), gflops=flops / t["ours"] / 1e9,
-                             ratio=t["numpy"] / t["ours"],
-                             ratio_torch=t["torch"] / t["ours"] if "torch" in t else None))
+    for group, M, K, N, trans in gemm_cases(quick):
+        ta, tb = trans[0] == "T", trans[1] == "T"
+        a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+        a_op, b_op = (a.T if ta else a), (b.T if tb else b)
+        baselines = {"numpy": lambda: np.matmul(a_op, b_op)}
+        if torch is not None:
+            at, bt = torch.from_numpy(a), torch.from_numpy(b)
+            at_op, bt_op = (at.T if ta else at), (bt.T if tb else bt)
+            baselines["torch"] = lambda: torch.matmul(at_op, bt_op)
+        if matmul is None:
+            rows.append(dict(kernel=f"{group} {trans}", shape=f"{M}x{K}x{N}", note="no native matmul"))
+            continue
+        t = compare(lambda: matmul(a, b, trans_a=ta, trans_b=tb), baselines, repeats=repeats, settle=SETTLE)
+        flops = 2.0 * M * N * K
+        rows.append(dict(kernel=f"{group} {trans}", group=group, trans=trans, shape=f"{M}x{K}x{N}",
+                         ours=t["ours"], numpy=t["numpy"], torch=t.get("torch"), gflops=flops / t["ours"] / 1e9,
+                         ratio=t["numpy"] / t["ours"],
+                         ratio_torch=t["torch"] / t["ours"] if "torch" in t else None))
     return rows
+
+
+def gemm_targets(rows):
+    """The GEMM targets (docs/performance.md) from the timed rows: (what, ratio, target) each."""
+    timed = [r for r in rows if r.get("ratio")]
+    out = []
+    sgemm = [r["ratio"] for r in timed if r["group"] == "sgemm" and r["trans"] == "NN"]
+    if sgemm:
+        out.append(("sgemm 1024^3 NN x numpy", sgemm[0], 1.0))
+    transformer = [r["ratio"] for r in timed if r["group"] == "transformer"]
+    if transformer:
+        geomean = float(np.exp(np.mean(np.log(transformer))))
+        out.append((f"transformer shapes, geomean of {len(transformer)} (NN/NT/TN) x numpy", geomean, 1.0))
+    out += [(f"GEMV {r['shape']} (y = x W^T) x numpy", r["ratio"], 1.0)
+            for r in timed if r["group"] == "gemv" and r["trans"] == "NT"]
+    return out
+
+
+def print_targets(targets):
+    print("\nTargets (ratio = NumPy time / our time):")
+    for what, ratio, target in targets:
+        print(f"  {what:<58} {ratio:5.2f}  (target >= {target:.1f}: {'met' if ratio >= target else 'NOT met'})")
 
 
 def attention_inputs(B, H, T, D, seed=0):
@@ -95,7 +131,7 @@ def attention_rows(repeats, quick):
             out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
             torch.autograd.grad(out, (tq, tk, tv), tdout)
         baselines["torch"] = torch_step
-    t = compare(lambda: attention_step(Native, q, k, v, dout), baselines, repeats=repeats)
+    t = compare(lambda: attention_step(Native, q, k, v, dout), baselines, repeats=repeats, settle=SETTLE)
     return [dict(kernel="attention fwd+bwd", shape=shape, ours=t["ours"], numpy=t["numpy"], torch=t.get("torch"),
                  ratio=t["numpy"] / t["ours"], ratio_torch=t["torch"] / t["ours"] if "torch" in t else None)]
 
@@ -180,13 +216,13 @@ def rows_rows(repeats, quick):
         base = {"numpy": lambda: forward(reference)}
         if name in torch_cases:
             base["torch"] = torch_cases[name]
-        t = compare(lambda: forward(ours_impl), base, repeats=repeats)
+        t = compare(lambda: forward(ours_impl), base, repeats=repeats, settle=SETTLE)
         rows.append(dict(kernel=f"{name} fwd", shape=shape, ours=t["ours"], numpy=t["numpy"], torch=t.get("torch"),
                          ratio=t["numpy"] / t["ours"],
                          ratio_torch=t["torch"] / t["ours"] if "torch" in t else None))
         s_ours, s_ref = forward(ours_impl), forward(reference)
         t = compare(lambda: backward(ours_impl, s_ours), {"numpy": lambda: backward(reference, s_ref)},
-                    repeats=repeats)
+                    repeats=repeats, settle=SETTLE)
         rows.append(dict(kernel=f"{name} bwd", shape=shape, ours=t["ours"], numpy=t["numpy"],
                          ratio=t["numpy"] / t["ours"]))
     return rows
@@ -204,6 +240,7 @@ def main():
     parser.add_argument("--only", choices=["gemm", "attention", "memory", "rows"], action="append")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--isa", help="force our kernels onto this path (one of minillm.build_info()['supported_isas'])")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       "results", "kernels.json"))
@@ -213,6 +250,10 @@ def main():
         return memory_case(args.memory_case[0], int(args.memory_case[1]))
 
     minillm.set_num_threads(args.threads)
+    if native.AVAILABLE:
+        native._C.set_adaptive_threads(False)   # the threads asked for, whatever else the machine runs
+        if args.isa:
+            native._C.force_isa(args.isa)
     if torch is not None:
         torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
@@ -220,6 +261,7 @@ def main():
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores; minillm threads {minillm.get_num_threads()}, "
           f"SIMD {info['minillm']['simd']}; numpy {info['numpy']}; torch {torch.__version__ if torch else 'absent'}")
+    print("paths:", ", ".join(f"{k} {v}" for k, v in info["minillm"].get("kernel_paths", {}).items()))
     print("ratio = baseline time / our time (> 1: ours is faster); medians of", repeats, "interleaved repeats\n")
     results = {}
     if "gemm" in sections:
@@ -235,6 +277,9 @@ def main():
                 if r.get(key) is not None:
                     r[key] *= 1e3          # seconds -> ms for the table
         print_table(timed, COLUMNS)
+    if "gemm" in sections:
+        results["targets"] = [dict(what=w, ratio=r, target=t) for w, r, t in gemm_targets(results["gemm"])]
+        print_targets(gemm_targets(results["gemm"]))
     if "memory" in sections:
         results["memory"] = memory_rows(args.quick)
         print()

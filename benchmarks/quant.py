@@ -1,18 +1,23 @@
 """Quantization: GEMV speed, decode speed and perplexity of INT8 / INT4 against float32.
 
-    python benchmarks/quant.py [--only gemv|decode|accuracy] [--quick] [--threads 2]
+    python benchmarks/quant.py [--only gemv|prefill|decode|accuracy] [--quick] [--threads 2] [--isa avx2]
 
-gemv      y = x W^T for x (1, K) at the issue's shapes, our float32 GEMV (minillm.kernels.matmul,
+gemv      y = x W^T for x (1, K) at decode shapes, our float32 GEMV (minillm.kernels.matmul,
           NT) against quant_matmul in each scheme, timed interleaved. "cold": the weights are cycled
           through enough copies (> 128 MB) that every call streams them from memory, as decode does;
           "hot": one matrix, in cache. GB/s counts the weight bytes (float32 or quantized arrays)
           read per call, next to the machine's read bandwidth measured here.
+prefill   y = x W^T for x (M, K), M = 64, 128, 256 (a prompt, an evaluation batch), our float32 GEMM
+          against quant_matmul in each scheme: ratio = float32 time / quantized time.
 decode    tokens/s at batch 1 with the KV cache, llama-15m and llama-110m dims, random weights,
           float32 and each scheme, interleaved; model.safetensors size on disk for each.
 accuracy  perplexity on the held-out split of the built-in corpus for the trained shakespeare-char
           model (--char-ckpt, else trained here) and a llama-15m-dims model trained briefly with
           BPE (--bpe-ckpt, else trained here for --bpe-iters steps), float32 and each scheme.
 
+The run ends with the targets (docs/performance.md): decode int8 >= 2x and q4_0 >= 3x float32 at llama-110m,
+int8 >= 1.5x at llama-15m; prefill and evaluation at least as fast as float32 (>= 1.0x), each "met"
+or "NOT met". --isa forces our kernels onto one path (minillm.build_info()['supported_isas']).
 Writes benchmarks/results/quant.json.
 """
 import argparse
@@ -104,6 +109,28 @@ def bench_gemv(args):
     return {"rows": rows, "memory_bandwidth_gbs": bandwidth}
 
 
+PREFILL_ROWS = (64, 128, 256)
+
+
+def bench_prefill(args):
+    rng = np.random.default_rng(0)
+    rows = []
+    for K, N in GEMV_SHAPES[1:2] if args.quick else GEMV_SHAPES:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        quantized = {s: kernels.quantize_weights(w, s) for s in SCHEMES}
+        for M in PREFILL_ROWS[:1] if args.quick else PREFILL_ROWS:
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            q_fns = {s: (lambda s=s: kernels.quant_matmul(x, s, **quantized[s])) for s in SCHEMES}
+            t = compare(lambda: kernels.matmul(x, w, trans_b=True), q_fns, repeats=args.repeats, settle=0.2)
+            row = dict(shape=f"{M}x{K}x{N}", f32_ms=t["ours"] * 1e3, f32_gflops=2 * M * K * N / t["ours"] / 1e9)
+            row.update({f"{s}_x": t["ours"] / t[s] for s in SCHEMES})
+            rows.append(row)
+    print("\nPrefill: y = x W^T, x (M, K), W (N, K); ratio = our float32 GEMM time / quantized time\n")
+    print_table(rows, [("shape", "M x K x N", "{}"), ("f32_ms", "f32 ms", "{:.2f}"), ("f32_gflops", "f32 GFLOP/s", "{:.0f}")]
+                + [(f"{s}_x", f"{s} x", "{:.2f}") for s in SCHEMES])
+    return rows
+
+
 def decode_seconds(model, prompt, new_tokens):
     with no_grad():
         caches = model.new_caches(1, len(prompt) + new_tokens + 1)
@@ -117,8 +144,8 @@ def decode_seconds(model, prompt, new_tokens):
 def checkpoint_size(model):
     from minillm.tokenizers import CharTokenizer
     with tempfile.TemporaryDirectory() as d:
-        ckpt.save_checkpoint(d, model, CharTokenizer("ab"), state={})
-        return os.path.getsize(os.path.join(d, "model.safetensors"))
+        written = ckpt.save_checkpoint(d, model, CharTokenizer("ab"), state={})
+        return os.path.getsize(os.path.join(written, "model.safetensors"))
 
 
 def bench_decode(args):
@@ -151,7 +178,7 @@ def bench_decode(args):
 
 def train(out, preset, iters, extra=()):
     from minillm.cli import main
-    if os.path.exists(os.path.join(out, "state.json")):
+    if ckpt.has_checkpoint(out):
         return out
     code = main(["train", "--preset", preset, "--out", out, "--max-iters", str(iters), "--sample-tokens", "0",
                  "--eval-interval", str(iters), *extra])
@@ -190,9 +217,29 @@ def bench_accuracy(args):
     return rows
 
 
+def targets(results):
+    """The quantization targets (docs/performance.md) from what was measured: (what, ratio, target) each."""
+    out = []
+    decode = {(r["model"], r["scheme"]): r["x_f32"] for r in results.get("decode", [])}
+    for model, scheme, target in (("llama-110m", "int8", 2.0), ("llama-110m", "q4_0", 3.0), ("llama-15m", "int8", 1.5)):
+        if (model, scheme) in decode:
+            out.append((f"decode {model} {scheme} x float32", decode[(model, scheme)], target))
+    prefill = results.get("prefill", [])
+    for scheme in ("int8", "q4_0"):
+        if prefill:
+            worst = min(prefill, key=lambda r: r[f"{scheme}_x"])
+            out.append((f"prefill {scheme} x float32, slowest shape ({worst['shape']})", worst[f"{scheme}_x"], 1.0))
+    evals = {(r["model"], r["scheme"]): r["seconds"] for r in results.get("accuracy", [])}
+    for (model, scheme), seconds in evals.items():
+        if scheme in ("int8", "q4_0") and (model, "f32") in evals:
+            out.append((f"evaluation {model} {scheme} x float32", evals[(model, "f32")] / seconds, 1.0))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["gemv", "decode", "accuracy"])
+    parser.add_argument("--only", choices=["gemv", "prefill", "decode", "accuracy"])
+    parser.add_argument("--isa", help="force our kernels onto this path (one of minillm.build_info()['supported_isas'])")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -204,10 +251,23 @@ def main():
     if args.quick:
         args.repeats = min(args.repeats, 2)
     minillm.set_num_threads(args.threads)
+    if kernels.native.AVAILABLE:
+        kernels.native._C.set_adaptive_threads(False)   # the threads asked for, whatever else the machine runs
+        if args.isa:
+            kernels.native._C.force_isa(args.isa)
     results = {"machine": machine_info(), "threads": args.threads, "repeats": args.repeats}
-    for name, fn in (("gemv", bench_gemv), ("decode", bench_decode), ("accuracy", bench_accuracy)):
+    info = results["machine"]
+    print(f"{info['cpu']}, {info['cores']} cores; threads {args.threads}; quant_matmul path "
+          f"{info['minillm'].get('kernel_paths', {}).get('quant_matmul')}, gemm {info['minillm'].get('kernel_paths', {}).get('gemm')}")
+    for name, fn in (("gemv", bench_gemv), ("prefill", bench_prefill), ("decode", bench_decode),
+                     ("accuracy", bench_accuracy)):
         if args.only in (None, name):
             results[name] = fn(args)
+    results["targets"] = [dict(what=w, ratio=r, target=t) for w, r, t in targets(results)]
+    if results["targets"]:
+        print("\nTargets:")
+        for what, ratio, target in targets(results):
+            print(f"  {what:<62} {ratio:5.2f}  (target >= {target:.1f}: {'met' if ratio >= target else 'NOT met'})")
     write_json(args.out, results)
 
 

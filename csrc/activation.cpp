@@ -14,13 +14,11 @@
 
 #include "binding.h"
 #include "parallel.h"
+#include "rowwise_avx512.h"
 #include "simd.h"
 
 namespace minillm {
 
-constexpr double kGeluC = 0.79788456080286535588;   // sqrt(2 / pi)
-constexpr double kGeluA = 0.044715;
-constexpr double kGeluClamp = 30.0;
 constexpr std::int64_t kBlock = 4096;   // elements per OpenMP work item
 
 // ---- scalar twins ----
@@ -154,26 +152,33 @@ MINILLM_AVX2 static void silu_backward_avx2(const float* dy, const float* x, flo
 
 // ---- dispatch: the best version for T on this CPU, one block at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa activation_isa() { return float_family_isa(); }
+
 template <typename T>
 static void gelu_forward_block(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::gelu_forward(x, y, n));
     MINILLM_USE_AVX2(T, isa, gelu_forward_avx2(x, y, n));
     gelu_forward_scalar(x, y, n);
 }
 
 template <typename T>
 static void gelu_backward_block(Isa isa, const T* dy, const T* x, T* dx, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::gelu_backward(dy, x, dx, n));
     MINILLM_USE_AVX2(T, isa, gelu_backward_avx2(dy, x, dx, n));
     gelu_backward_scalar(dy, x, dx, n);
 }
 
 template <typename T>
 static void silu_forward_block(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::silu_forward(x, y, n));
     MINILLM_USE_AVX2(T, isa, silu_forward_avx2(x, y, n));
     silu_forward_scalar(x, y, n);
 }
 
 template <typename T>
 static void silu_backward_block(Isa isa, const T* dy, const T* x, T* dx, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::silu_backward(dy, x, dx, n));
     MINILLM_USE_AVX2(T, isa, silu_backward_avx2(dy, x, dx, n));
     silu_backward_scalar(dy, x, dx, n);
 }

@@ -35,6 +35,7 @@
 
 #include "attention_tiles.h"
 #include "binding.h"
+#include "parallel.h"
 #include "simd.h"
 
 namespace minillm {
@@ -55,6 +56,9 @@ struct AttentionArgs {
     const F* alibi_slopes;
     const bool* key_padding_mask;
 };
+
+// The path attention's tiles take now (minillm.build_info()["kernel_paths"]).
+Isa attention_isa() { return float_family_isa(); }
 
 namespace {
 
@@ -101,7 +105,8 @@ void forward_tile(const AttentionArgs<F>& a, Isa isa, int64_t b, int64_t h, int6
         scores(isa, vis, slope, D, q, k + j0 * D, transpose ? kt : nullptr, p0, j0, br, bc, s);   // (br, bc)
         for (int64_t r = 0; r < br; ++r) {                           // online softmax, S becomes P
             F* sr = s + r * bc;
-            const F m_new = std::max(m[r], attn::row_max(isa, sr, bc));
+            const F tile_max = attn::row_max(isa, sr, bc);            // NaN if a score is NaN
+            const F m_new = tile_max != tile_max ? tile_max : std::max(m[r], tile_max);
             if (m_new == F(-INFINITY)) {                             // nothing visible yet
                 std::fill(sr, sr + bc, F(0));
                 continue;
@@ -116,13 +121,13 @@ void forward_tile(const AttentionArgs<F>& a, Isa isa, int64_t b, int64_t h, int6
     F* out_rows = out + ((b * a.H + h) * T + i0) * D;
     F* lse_rows = lse + (b * a.H + h) * T + i0;
     for (int64_t r = 0; r < br; ++r) {
-        if (l[r] > F(0)) {
+        if (l[r] == F(0)) {                                          // saw no key
+            std::fill(out_rows + r * D, out_rows + (r + 1) * D, F(0));
+            lse_rows[r] = F(INFINITY);
+        } else {                                                     // l NaN (a NaN or +inf score): NaN row and lse
             attn::scale_row(isa, o + r * D, D, F(1) / l[r]);
             std::memcpy(out_rows + r * D, o + r * D, sizeof(F) * size_t(D));
             lse_rows[r] = m[r] + std::log(l[r]);
-        } else {
-            std::fill(out_rows + r * D, out_rows + (r + 1) * D, F(0));
-            lse_rows[r] = F(INFINITY);
         }
     }
 }
@@ -153,8 +158,11 @@ void backward_key_tile(const AttentionArgs<F>& a, Isa isa, const Visibility& vis
         const F* dor = dout + (head + i0) * D;
         scores(isa, vis, slope, D, q, k, kt, off + i0, j0, br, bc, p);   // S (br, bc)
         for (int64_t r = 0; r < br; ++r) attn::exp_shifted(isa, p + r * bc, p + r * bc, bc, lse[head + i0 + r]);
+        const bool boundary = !vis.all_visible(off + i0, off + i0 + br - 1, j0, j0 + bc);
+        if (boundary) zero_hidden(vis, off + i0, j0, br, bc, p);    // P = 0 where hidden, even if lse is NaN
         matmul_tile<F>(isa, br, bc, D, F(1), dor, D, false, vt, bc, dp, bc, false);          // dP = dO V^T
         for (int64_t r = 0; r < br; ++r) attn::softmax_grad_row(isa, p + r * bc, dp + r * bc, bc, delta[i0 + r]);
+        if (boundary) zero_hidden(vis, off + i0, j0, br, bc, dp);   // dS = 0 there too
         matmul_tile<F>(isa, br, D, bc, scale, dp, bc, false, k, D, dq + (head + i0) * D, D, true);   // dQ += s dS K
         matmul_tile<F>(isa, bc, D, br, F(1), p, bc, true, dor, D, dv, D, true);                  // dV += P^T dO
         matmul_tile<F>(isa, bc, D, br, scale, dp, bc, true, q, D, dk, D, true);                  // dK += s dS^T Q
@@ -170,7 +178,7 @@ void attention_forward(const AttentionArgs<F>& args, F* out, F* lse) {
     const Isa isa = simd_isa<F>();
     const int64_t tiles = (a.T + kBr - 1) / kBr, tasks = a.B * a.H * tiles;
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel if (tasks > 1 && big_enough(a))
+#pragma omp parallel num_threads(kernel_threads()) if (tasks > 1 && big_enough(a))
 #endif
     {
         std::vector<F> kt(a.D * kBc), s(kBr * kBc), o(kBr * a.D), m(kBr), l(kBr);
@@ -195,16 +203,17 @@ void attention_backward(const AttentionArgs<F>& args, const F* dout, const F* ou
     const int64_t key_tiles = (S + kBc - 1) / kBc;
     // A task is (b, kv head, stripe): stripe s of `stripes` owns key tiles s, s + stripes, ..., so its
     // rows of dK and dV have one writer, and interleaving keeps causal stripes equally busy. One stripe
-    // unless there are fewer kv heads than threads (e.g. MQA at batch 1); then stripe s > 0 adds its dQ
-    // into its own dq-sized buffer (linear in T), summed into dq at the end.
+    // unless there are fewer kv heads than CPUs (e.g. MQA at batch 1); then stripe s > 0 adds its dQ
+    // into its own dq-sized buffer (linear in T), summed into dq at the end. The stripes follow the
+    // CPUs this process may use, not the threads running now, so the sums do not change with the load.
     int64_t stripes = 1;
 #if defined(MINILLM_OPENMP)
-    if (big_enough(a)) stripes = std::max<int64_t>(1, std::min(key_tiles, omp_get_max_threads() / kv_heads));
+    if (big_enough(a)) stripes = std::max<int64_t>(1, std::min<int64_t>(key_tiles, cpus_available() / kv_heads));
 #endif
     const int64_t dq_size = a.B * a.H * T * D, tasks = kv_heads * stripes;
     std::vector<F> dq_more(size_t((stripes - 1) * dq_size));
 #if defined(MINILLM_OPENMP)
-#pragma omp parallel if (tasks > 1 && big_enough(a))
+#pragma omp parallel num_threads(kernel_threads()) if (tasks > 1 && big_enough(a))
 #endif
     {
         std::vector<F> kt(D * kBc), vt(D * kBc), p(kBr * kBc), dp(kBr * kBc), delta(T);

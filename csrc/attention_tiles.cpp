@@ -1,5 +1,6 @@
 // Tile products and row helpers for attention.cpp (see attention_tiles.h for the contracts).
-// The scalar functions are the obviously-right twins of the AVX2 ones.
+// The scalar functions are the obviously-right twins of the AVX2 ones here and of the AVX-512 ones
+// in attention_tiles_avx512.cpp.
 #include "attention_tiles.h"
 
 #include <algorithm>
@@ -33,10 +34,14 @@ static void transpose_part(std::int64_t m, std::int64_t i0, std::int64_t i1, std
         for (std::int64_t j = j0; j < j1; ++j) At[j * m + i] = A[i * lda + j];
 }
 
+// NaN if any x is NaN (std::max would drop it, and a NaN score must poison its row).
 template <typename F>
 static F row_max_scalar(const F* x, std::int64_t n) {
     F m = -INFINITY;
-    for (std::int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (x[i] != x[i]) return x[i];
+        m = std::max(m, x[i]);
+    }
     return m;
 }
 
@@ -168,12 +173,16 @@ MINILLM_AVX2 static void transpose_tile_avx2(std::int64_t m, std::int64_t n, con
 }
 
 MINILLM_AVX2 static float row_max_avx2(const float* x, std::int64_t n) {
-    __m256 vm = _mm256_set1_ps(-INFINITY);
+    __m256 vm = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
     std::int64_t i = 0;
-    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-    float m = hmax(vm);
-    for (; i < n; ++i) m = std::max(m, x[i]);
-    return m;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        vm = _mm256_max_ps(vm, v);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));   // max_ps may drop a NaN: keep count
+    }
+    const float tail = row_max_scalar(x + i, n - i);
+    if (_mm256_movemask_ps(nan) || tail != tail) return NAN;
+    return std::max(hmax(vm), tail);
 }
 
 MINILLM_AVX2 static float exp_shifted_avx2(const float* x, float* y, std::int64_t n, float shift) {
@@ -223,44 +232,69 @@ MINILLM_AVX2 static void softmax_grad_row_avx2(const float* p, float* dp, std::i
 template <typename F>
 void matmul_tile(Isa isa, std::int64_t m, std::int64_t n, std::int64_t k, F alpha, const F* A, std::int64_t lda,
                  bool trans_a, const F* B, std::int64_t ldb, F* C, std::int64_t ldc, bool accumulate) {
+    MINILLM_USE_AVX512(F, isa, matmul_tile_avx512(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate));
     MINILLM_USE_AVX2(F, isa, matmul_tile_avx2(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate));
     matmul_tile_scalar(m, n, k, alpha, A, lda, trans_a, B, ldb, C, ldc, accumulate);
 }
 
 template <typename F>
 void transpose_tile(Isa isa, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At) {
+    MINILLM_USE_AVX512(F, isa, transpose_tile_avx512(m, n, A, lda, At));
     MINILLM_USE_AVX2(F, isa, transpose_tile_avx2(m, n, A, lda, At));
     transpose_part(m, 0, m, 0, n, A, lda, At);
 }
 
 template <typename F>
 F row_max(Isa isa, const F* x, std::int64_t n) {
+    MINILLM_USE_AVX512(F, isa, row_max_avx512(x, n));
     MINILLM_USE_AVX2(F, isa, row_max_avx2(x, n));
     return row_max_scalar(x, n);
 }
 
 template <typename F>
 F exp_shifted(Isa isa, const F* x, F* y, std::int64_t n, F shift) {
+    MINILLM_USE_AVX512(F, isa, exp_shifted_avx512(x, y, n, shift));
     MINILLM_USE_AVX2(F, isa, exp_shifted_avx2(x, y, n, shift));
     return exp_shifted_scalar(x, y, n, shift);
 }
 
 template <typename F>
 void scale_row(Isa isa, F* x, std::int64_t n, F c) {
+    MINILLM_USE_AVX512(F, isa, scale_row_avx512(x, n, c));
     MINILLM_USE_AVX2(F, isa, scale_row_avx2(x, n, c));
     for (std::int64_t i = 0; i < n; ++i) x[i] *= c;
 }
 
 template <typename F>
 F dot_row(Isa isa, const F* a, const F* b, std::int64_t n) {
+    MINILLM_USE_AVX512(F, isa, dot_row_avx512(a, b, n));
     MINILLM_USE_AVX2(F, isa, dot_row_avx2(a, b, n));
     return dot_row_scalar(a, b, n);
 }
 
 template <typename F>
 void softmax_grad_row(Isa isa, const F* p, F* dp, std::int64_t n, F d) {
+    MINILLM_USE_AVX512(F, isa, softmax_grad_row_avx512(p, dp, n, d));
     MINILLM_USE_AVX2(F, isa, softmax_grad_row_avx2(p, dp, n, d));
     for (std::int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
+}
+
+// ---- hiding keys
+
+template <typename F>
+void zero_hidden(const Visibility& vis, std::int64_t p0, std::int64_t j0, std::int64_t br, std::int64_t bc, F* t) {
+    for (std::int64_t r = 0; r < br; ++r) {
+        std::int64_t lo, hi;
+        vis.keys_of(p0 + r, lo, hi);
+        lo = std::min(std::max<std::int64_t>(lo - j0, 0), bc);
+        hi = std::min(std::max<std::int64_t>(hi - j0, lo), bc);
+        F* row = t + r * bc;
+        std::fill(row, row + lo, F(0));
+        std::fill(row + hi, row + bc, F(0));
+        if (vis.keep)
+            for (std::int64_t c = lo; c < hi; ++c)
+                if (!vis.keep[j0 + c]) row[c] = F(0);
+    }
 }
 
 // ---- masked scores of a tile
@@ -314,6 +348,7 @@ void scores(Isa isa, const Visibility& vis, const F* slope, std::int64_t D, cons
     template void scale_row<F>(Isa, F*, std::int64_t, F);                                                        \
     template F dot_row<F>(Isa, const F*, const F*, std::int64_t);                                                \
     template void softmax_grad_row<F>(Isa, const F*, F*, std::int64_t, F);                                      \
+    template void zero_hidden<F>(const Visibility&, std::int64_t, std::int64_t, std::int64_t, std::int64_t, F*); \
     template void scores<F>(Isa, const Visibility&, const F*, std::int64_t, const F*, const F*, const F*,      \
                             std::int64_t, std::int64_t, std::int64_t, std::int64_t, F*);
 MINILLM_ATTN_INSTANTIATE(float)

@@ -4,8 +4,8 @@
 //   S  = scale Q K^T   -> Q (br, D) times Kt (D, bc), K's tile transposed once into a buffer
 //   O += P V           -> P (br, bc) times V (bc, D) read in place
 //   dV += P^T dO       -> trans_a: P stored (br, bc) is read as P^T (bc, br)
-// Each function has a scalar twin (the float64 path, and float32 under force_scalar) and an
-// AVX2/FMA version for float32; `isa` (simd_isa<F>() of the caller) picks between them.
+// Each function has a scalar twin (the float64 path, and float32 when forced) and AVX2/FMA and
+// AVX-512 versions for float32; `isa` (simd_isa<F>() of the caller) picks between them.
 #pragma once
 
 #include <algorithm>
@@ -71,7 +71,7 @@ void matmul_tile(Isa isa, std::int64_t m, std::int64_t n, std::int64_t k, F alph
 template <typename F>
 void transpose_tile(Isa isa, std::int64_t m, std::int64_t n, const F* A, std::int64_t lda, F* At);
 
-// max of x[0..n); -inf for n = 0.
+// max of x[0..n); -inf for n = 0; NaN when any x is NaN.
 template <typename F>
 F row_max(Isa isa, const F* x, std::int64_t n);
 
@@ -90,6 +90,24 @@ F dot_row(Isa isa, const F* a, const F* b, std::int64_t n);
 // dp = p * (dp - d): the softmax backward of one row, written over dP.
 template <typename F>
 void softmax_grad_row(Isa isa, const F* p, F* dp, std::int64_t n, F d);
+
+// t (br, bc), a tile of positions p0.. and keys j0..: 0 where vis hides the key. The backward's P and
+// dS are 0 there exactly, even in a row whose lse is NaN (exp(-inf - NaN) would be NaN).
+template <typename F>
+void zero_hidden(const Visibility& vis, std::int64_t p0, std::int64_t j0, std::int64_t br, std::int64_t bc, F* t);
+
+#if MINILLM_X86
+// The AVX-512 versions (attention_tiles_avx512.cpp), float32; same contracts as above.
+void matmul_tile_avx512(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* A,
+                        std::int64_t lda, bool trans_a, const float* B, std::int64_t ldb, float* C, std::int64_t ldc,
+                        bool accumulate);
+void transpose_tile_avx512(std::int64_t m, std::int64_t n, const float* A, std::int64_t lda, float* At);
+float row_max_avx512(const float* x, std::int64_t n);
+float exp_shifted_avx512(const float* x, float* y, std::int64_t n, float shift);
+void scale_row_avx512(float* x, std::int64_t n, float c);
+float dot_row_avx512(const float* a, const float* b, std::int64_t n);
+void softmax_grad_row_avx512(const float* p, float* dp, std::int64_t n, float d);
+#endif
 
 }  // namespace attn
 }  // namespace minillm

@@ -5,251 +5,166 @@
 //
 // The BLIS structure, loops from the outside in:
 //   jc over N in NC columns
-//     pc over K in KC:     pack op(B)[pc:pc+KC, jc:jc+NC] into NR-wide slivers (k-major, zero-padded)
-//       ic over M in MC:   pack op(A)[ic:ic+MC, pc:pc+KC] into MR-tall slivers (k-major, zero-padded)
-//         jr over NC in NR   (OpenMP: the threads share the packed A block and split the slivers of B)
-//           ir over MC in MR
-//             micro-kernel: KC rank-1 updates of an MR x NR tile held in registers
-// The first pc block writes C (with the bias), later ones add to it; edge tiles go through a
-// small temporary tile. M = 1 (a decode step's GEMV) has its own path: it streams B once.
+//     pack op(B)[:, jc:jc+NC] into NR-wide slivers, K cut in KC blocks   (all threads; one barrier)
+//     tasks: row chunks (x column chunks when M is small), taken by the threads dynamically
+//       pc over K in KC:     pack op(A)[chunk rows, pc:pc+KC] into MR-tall slivers (this thread's)
+//         jr over the chunk's slivers of B      (a KC x NR sliver of B stays in L1)
+//           ir over the chunk's slivers of A    (the chunk's packed A stays in L2)
+//             tile: KC rank-1 updates of an MR x NR tile held in registers
+// The register tile and the packing come from the path (gemm.h: scalar and AVX2 6 x 16 in
+// gemm_kernels.cpp, AVX-512 14 x 32 in gemm_avx512.cpp); KC, MC and NC from the CPU's cache sizes,
+// read at run time (cache.h). The first pc block writes C (with the bias), later ones add to it.
+//
+// Threads: one parallel region per call, none below kParallelWork multiply-adds. The B panel is
+// packed once and shared, so the only barriers are one after packing and one at the end of each
+// NC panel (one of each for all but very wide N); each thread packs the A rows of the chunks it
+// takes. The chunks are small enough (about four per thread) that on a busy machine a thread that
+// gets less CPU time takes fewer of them instead of holding the others up.
+// M = 1 (a decode step's GEMV) has its own path, gemv.cpp: it streams B once.
 // Binding at the bottom: matmul.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "binding.h"
+#include "cache.h"
+#include "gemm.h"
+#include "parallel.h"
+#include "scratch.h"
 #include "simd.h"
 
 namespace minillm {
 
+using blas::Kernel;
+using blas::Operand;
+
+// The GEMM's path now (also the GEMV's, which has the same versions).
+Isa gemm_isa() { return float_family_isa(); }
+
 namespace {
 
-constexpr std::int64_t MR = 6, NR = 16;       // 6 x 16 floats = 12 ymm accumulators
-constexpr std::int64_t MC = 144, KC = 256;    // an A block (MC x KC floats, 144 KiB) fits the 512 KiB L2
-constexpr std::int64_t NC = 4080;             // a B panel (KC x NC, 4 MiB) stays in the shared L3
+// Below this many multiply-adds a parallel region costs more than it saves (measured: ~64 x 128 x 128).
+constexpr std::int64_t kParallelWork = std::int64_t(1) << 20;
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
 
 template <typename T>
-struct Operand {   // element (i, k) of op(X), X stored row-major with leading dimension ld
-    const T* p;
-    std::int64_t ld;
-    bool trans;
-    T at(std::int64_t i, std::int64_t k) const { return trans ? p[k * ld + i] : p[i * ld + k]; }
+Kernel<T> kernel_for(Isa isa) {
+#if MINILLM_X86
+    if constexpr (std::is_same<T, float>::value) {
+        if (isa >= Isa::avx512) return blas::avx512_kernel();
+        if (isa >= Isa::avx2) return blas::avx2_kernel();
+    }
+#endif
+    (void)isa;
+    return blas::scalar_kernel<T>();
+}
+
+// Block sizes from the cache sizes: a KC x NR sliver of B takes 1/32 of L2, an MC x KC block of A a
+// quarter of L2, and the packed B panel (K x NC) at most a quarter of L3 (16 MiB at most). KC is
+// balanced so the last K block is not a sliver of the others. On a Zen 3 core (512 KiB L2, AVX2's
+// 6 x 16 tile) that gives BLIS's KC = 256 and MC ~ 128; on a Sapphire Rapids core (2 MiB L2, the
+// 14 x 32 tile) KC = 512 and MC = 224, where measured KC = 192 (a sliver in L1) was ~10% slower: the
+// tile's C loads and stores then come too often, and L2 feeds a sliver of B fast enough.
+struct Blocks {
+    std::int64_t kc, mc, nc;
 };
 
-// Pack op(A)[i0:i0+mc, k0:k0+kc] as ceil(mc/MR) slivers, each kc columns of MR values (zero-padded).
-template <typename T>
-void pack_a_sliver(const Operand<T>& a, std::int64_t i0, std::int64_t rows, std::int64_t k0, std::int64_t kc,
-                   T* dst) {
-    if (!a.trans) {
-        for (std::int64_t r = 0; r < MR; ++r) {
-            const T* src = a.p + (i0 + r) * a.ld + k0;
-            for (std::int64_t k = 0; k < kc; ++k) dst[k * MR + r] = r < rows ? src[k] : T(0);
-        }
-    } else {
-        for (std::int64_t k = 0; k < kc; ++k) {
-            const T* src = a.p + (k0 + k) * a.ld + i0;
-            for (std::int64_t r = 0; r < MR; ++r) dst[k * MR + r] = r < rows ? src[r] : T(0);
-        }
-    }
-}
-
-// Pack op(B)[k0:k0+kc, j0:j0+cols] as one sliver: kc rows of NR values (zero-padded).
-template <typename T>
-void pack_b_sliver(const Operand<T>& b, std::int64_t k0, std::int64_t kc, std::int64_t j0, std::int64_t cols,
-                   T* dst) {
-    if (!b.trans) {   // b.at(k, j) = B[k][j]: rows of B are contiguous
-        for (std::int64_t k = 0; k < kc; ++k) {
-            const T* src = b.p + (k0 + k) * b.ld + j0;
-            T* d = dst + k * NR;
-            std::int64_t j = 0;
-            for (; j < cols; ++j) d[j] = src[j];
-            for (; j < NR; ++j) d[j] = T(0);
-        }
-    } else {          // b.at(k, j) = B[j][k]: read each of the NR rows of B along k
-        for (std::int64_t j = 0; j < NR; ++j) {
-            if (j < cols) {
-                const T* src = b.p + (j0 + j) * b.ld + k0;
-                for (std::int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
-            } else {
-                for (std::int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
-            }
-        }
-    }
-}
-
-// acc (MR x NR, row-major) = sum over k of Ap[k] (MR) outer Bp[k] (NR): the obviously-right twin.
-template <typename T>
-void micro_kernel_scalar(std::int64_t kc, const T* ap, const T* bp, T* acc) {
-    for (std::int64_t i = 0; i < MR * NR; ++i) acc[i] = T(0);
-    for (std::int64_t k = 0; k < kc; ++k)
-        for (std::int64_t r = 0; r < MR; ++r)
-            for (std::int64_t j = 0; j < NR; ++j) acc[r * NR + j] += ap[k * MR + r] * bp[k * NR + j];
-}
-
-#if MINILLM_X86
-// The same product with the 6 x 16 tile in 12 ymm registers: per k, two loads of B, six
-// broadcasts of A, twelve FMAs.
-MINILLM_AVX2 void micro_kernel_avx2(std::int64_t kc, const float* ap, const float* bp, float* acc) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (std::int64_t k = 0; k < kc; ++k) {
-        const __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);   // 64-byte aligned rows
-        __m256 a = _mm256_broadcast_ss(ap + 0);
-        c00 = _mm256_fmadd_ps(a, b0, c00), c01 = _mm256_fmadd_ps(a, b1, c01);
-        a = _mm256_broadcast_ss(ap + 1);
-        c10 = _mm256_fmadd_ps(a, b0, c10), c11 = _mm256_fmadd_ps(a, b1, c11);
-        a = _mm256_broadcast_ss(ap + 2);
-        c20 = _mm256_fmadd_ps(a, b0, c20), c21 = _mm256_fmadd_ps(a, b1, c21);
-        a = _mm256_broadcast_ss(ap + 3);
-        c30 = _mm256_fmadd_ps(a, b0, c30), c31 = _mm256_fmadd_ps(a, b1, c31);
-        a = _mm256_broadcast_ss(ap + 4);
-        c40 = _mm256_fmadd_ps(a, b0, c40), c41 = _mm256_fmadd_ps(a, b1, c41);
-        a = _mm256_broadcast_ss(ap + 5);
-        c50 = _mm256_fmadd_ps(a, b0, c50), c51 = _mm256_fmadd_ps(a, b1, c51);
-        ap += MR;
-        bp += NR;
-    }
-    _mm256_storeu_ps(acc + 0, c00), _mm256_storeu_ps(acc + 8, c01);
-    _mm256_storeu_ps(acc + 16, c10), _mm256_storeu_ps(acc + 24, c11);
-    _mm256_storeu_ps(acc + 32, c20), _mm256_storeu_ps(acc + 40, c21);
-    _mm256_storeu_ps(acc + 48, c30), _mm256_storeu_ps(acc + 56, c31);
-    _mm256_storeu_ps(acc + 64, c40), _mm256_storeu_ps(acc + 72, c41);
-    _mm256_storeu_ps(acc + 80, c50), _mm256_storeu_ps(acc + 88, c51);
-}
-
-// A full MR x NR tile of C (leading dim ldc) = acc (+ bias) when overwrite, else += acc.
-MINILLM_AVX2 void write_full_tile_avx2(const float* acc, float* c, std::int64_t ldc, bool overwrite,
-                                       const float* bias) {
-    const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-    const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-    for (int r = 0; r < MR; ++r) {
-        float* row = c + r * ldc;
-        __m256 v0 = _mm256_loadu_ps(acc + r * NR), v1 = _mm256_loadu_ps(acc + r * NR + 8);
-        if (overwrite) {
-            v0 = _mm256_add_ps(v0, bias0), v1 = _mm256_add_ps(v1, bias1);
-        } else {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
-        }
-        _mm256_storeu_ps(row, v0);
-        _mm256_storeu_ps(row + 8, v1);
-    }
-}
-#endif
+Blocks g_blocks_override{0, 0, 0};   // set by gemm_blocks() (tests and tuning); 0 = from the caches
 
 template <typename T>
-void micro_kernel(Isa isa, std::int64_t kc, const T* ap, const T* bp, T* acc) {
-    MINILLM_USE_AVX2(T, isa, micro_kernel_avx2(kc, ap, bp, acc));
-    micro_kernel_scalar(kc, ap, bp, acc);
+Blocks blocks_for(const Kernel<T>& kern, std::int64_t N, std::int64_t K) {
+    const CacheSizes& c = caches();
+    const Blocks& force = g_blocks_override;
+    const std::int64_t elem = sizeof(T);
+    const std::int64_t kc_target =
+        force.kc ? force.kc : std::clamp<std::int64_t>(c.l2 / 32 / (kern.nr * elem) / 16 * 16, 64, 1024);
+    const std::int64_t kc = round_up(ceil_div(K, ceil_div(K, kc_target)), 8);
+    const std::int64_t a_row_bytes = kc * elem * kern.a_stride / kern.mr;
+    const std::int64_t mc_rows = force.mc ? force.mc : c.l2 / 4 / a_row_bytes;
+    const std::int64_t mc = std::clamp<std::int64_t>(mc_rows / kern.mr, 1, 1024 / kern.mr) * kern.mr;
+    const std::int64_t budget = std::clamp<std::int64_t>(c.l3 / 4, 1 << 20, 16 << 20);
+    const std::int64_t nc_cols = force.nc ? force.nc : budget / (K * elem);
+    const std::int64_t nc = std::max<std::int64_t>(1, nc_cols / kern.nr) * kern.nr;
+    return {kc, mc, std::min(nc, round_up(N, kern.nr))};
 }
-
-// C tile (rows x cols at c, leading dim ldc) = acc (+ bias) when overwrite, else += acc.
-template <typename T>
-void write_tile(const T* acc, T* c, std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool overwrite,
-                const T* bias) {
-    for (std::int64_t r = 0; r < rows; ++r) {
-        T* row = c + r * ldc;
-        const T* a = acc + r * NR;
-        if (overwrite) {
-            if (bias) for (std::int64_t j = 0; j < cols; ++j) row[j] = a[j] + bias[j];
-            else for (std::int64_t j = 0; j < cols; ++j) row[j] = a[j];
-        } else {
-            for (std::int64_t j = 0; j < cols; ++j) row[j] += a[j];
-        }
-    }
-}
-
-// The same with a full MR x NR tile in registers when the CPU allows.
-template <typename T>
-void store_tile(Isa isa, const T* acc, T* c, std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool overwrite,
-                const T* bias) {
-    if (rows == MR && cols == NR) {
-        MINILLM_USE_AVX2(T, isa, write_full_tile_avx2(acc, c, ldc, overwrite, bias));
-    }
-    write_tile(acc, c, ldc, rows, cols, overwrite, bias);
-}
-
-#if MINILLM_X86
-// <x, row> over K floats with two 8-wide FMA accumulators.
-MINILLM_AVX2 float dot_avx2(const float* x, const float* row, std::int64_t K) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    std::int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(row + k), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), _mm256_loadu_ps(row + k + 8), s1);
-    }
-    float s = hsum(_mm256_add_ps(s0, s1));
-    for (; k < K; ++k) s += x[k] * row[k];
-    return s;
-}
-#endif
-
-template <typename T>
-T dot(Isa isa, const T* x, const T* row, std::int64_t K) {
-    MINILLM_USE_AVX2(T, isa, dot_avx2(x, row, K));
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;   // four partial sums: independent chains
-    std::int64_t k = 0;
-    for (; k + 4 <= K; k += 4) {
-        s0 += x[k] * row[k], s1 += x[k + 1] * row[k + 1];
-        s2 += x[k + 2] * row[k + 2], s3 += x[k + 3] * row[k + 3];
-    }
-    for (; k < K; ++k) s0 += x[k] * row[k];
-    return (s0 + s1) + (s2 + s3);
-}
-
-// y (N) = x (K) op(B) [+ y] [+ bias]: the M = 1 case, memory-bound, so B is read exactly once.
-template <typename T>
-void gemv(const T* x, const Operand<T>& b, T* y, std::int64_t K, std::int64_t N, bool accumulate, const T* bias) {
-    const Isa isa = simd_isa<T>();
-    if (b.trans) {    // B (N, K): y_j = <x, B_j>, rows of B contiguous; threads split the rows
-#if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(static) if (N * K >= kParallelThreshold)
-#endif
-        for (std::int64_t j = 0; j < N; ++j) {
-            const T s = dot(isa, x, b.p + j * b.ld, K) + (bias ? bias[j] : T(0));
-            y[j] = accumulate ? y[j] + s : s;
-        }
-    } else {          // B (K, N): y = sum_k x_k B[k, :]; threads split the columns
-        constexpr std::int64_t CHUNK = 512;
-        const std::int64_t chunks = (N + CHUNK - 1) / CHUNK;
-#if defined(MINILLM_OPENMP)
-#pragma omp parallel for schedule(static) if (N * K >= kParallelThreshold)
-#endif
-        for (std::int64_t c = 0; c < chunks; ++c) {
-            const std::int64_t j0 = c * CHUNK, j1 = std::min(N, j0 + CHUNK);
-            T acc[CHUNK];
-            for (std::int64_t j = j0; j < j1; ++j) acc[j - j0] = bias ? bias[j] : T(0);
-            for (std::int64_t k = 0; k < K; ++k) {
-                const T xk = x[k];
-                const T* row = b.p + k * b.ld;
-                for (std::int64_t j = j0; j < j1; ++j) acc[j - j0] += xk * row[j];   // vectorised by -O3
-            }
-            for (std::int64_t j = j0; j < j1; ++j) y[j] = accumulate ? y[j] + acc[j - j0] : acc[j - j0];
-        }
-    }
-}
-
-// A zero-initialised array of n T's starting on a 64-byte boundary.
-template <typename T>
-class AlignedBuffer {
-  public:
-    explicit AlignedBuffer(std::int64_t n) : storage_(static_cast<size_t>(n) + 64 / sizeof(T)) {
-        auto address = reinterpret_cast<std::uintptr_t>(storage_.data());
-        data_ = reinterpret_cast<T*>((address + 63) & ~std::uintptr_t(63));
-    }
-    T* data() { return data_; }
-
-  private:
-    std::vector<T> storage_;
-    T* data_;
-};
 
 }  // namespace
 
 template <typename T>
+void gemm_blocked(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int64_t K, bool trans_a,
+                  bool trans_b, bool accumulate, const T* bias) {
+    const Operand<T> a{A, trans_a ? M : K, trans_a}, b{B, trans_b ? K : N, trans_b};
+    const Kernel<T> kern = kernel_for<T>(simd_isa<T>());
+    const Blocks blk = blocks_for(kern, N, K);
+    const std::int64_t mr = kern.mr, nr = kern.nr, kc_max = std::min(blk.kc, K);
+    const int threads = threads_for(M * N * K, kParallelWork);
+
+    // Tasks: about 4 per thread, as row chunks of whole A slivers spread evenly (at least 4 slivers
+    // each, at most MC rows); when that gives too few, each row chunk is also cut into column chunks.
+    const std::int64_t target = threads > 1 ? 4 * threads : 1, m_all = ceil_div(M, mr);
+    const std::int64_t row_chunks = std::max(std::min(target, ceil_div(m_all, 4)), ceil_div(m_all, blk.mc / mr));
+    const std::int64_t a_size = ceil_div(m_all, row_chunks) * kc_max * kern.a_stride;   // one thread's packed A
+    T* packed_b = scratch<T>(Slot::gemm_b, K * blk.nc);
+    T* packed_a = scratch<T>(Slot::gemm_a, a_size * threads);
+    const std::int64_t k_blocks = ceil_div(K, blk.kc);
+
+#if defined(MINILLM_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+        int thread = 0;
+#if defined(MINILLM_OPENMP)
+        thread = omp_get_thread_num();
+#endif
+        T* my_a = packed_a + thread * a_size;
+        for (std::int64_t jc = 0; jc < N; jc += blk.nc) {
+            const std::int64_t nc = std::min(blk.nc, N - jc), n_slivers = ceil_div(nc, nr);
+            const std::int64_t nc_pad = n_slivers * nr;
+            // packed B: K block p (rows pc .. pc + kc) at packed_b + pc * nc_pad, its slivers kc * nr apart
+#if defined(MINILLM_OPENMP)
+#pragma omp for schedule(static)
+#endif
+            for (std::int64_t t = 0; t < k_blocks * n_slivers; ++t) {
+                const std::int64_t pc = (t / n_slivers) * blk.kc, s = t % n_slivers, kc = std::min(blk.kc, K - pc);
+                kern.pack_b(b, pc, kc, jc + s * nr, std::min(nr, nc - s * nr), packed_b + pc * nc_pad + s * kc * nr);
+            }
+            // the implicit barrier: the panel is complete
+            const std::int64_t col_chunks = row_chunks >= target ? 1 : std::min(n_slivers, ceil_div(target, row_chunks));
+#if defined(MINILLM_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (std::int64_t task = 0; task < row_chunks * col_chunks; ++task) {
+                const std::int64_t rt = task / col_chunks, ct = task % col_chunks;   // slivers split evenly
+                const std::int64_t i0 = rt * m_all / row_chunks * mr, i1 = std::min(M, (rt + 1) * m_all / row_chunks * mr);
+                const std::int64_t s0 = ct * n_slivers / col_chunks, s1 = (ct + 1) * n_slivers / col_chunks;
+                const std::int64_t m_slivers = ceil_div(i1 - i0, mr);
+                for (std::int64_t pc = 0; pc < K; pc += blk.kc) {
+                    const std::int64_t kc = std::min(blk.kc, K - pc);
+                    const bool overwrite = pc == 0 && !accumulate;
+                    for (std::int64_t s = 0; s < m_slivers; ++s)
+                        kern.pack_a(a, i0 + s * mr, std::min(mr, i1 - i0 - s * mr), pc, kc, my_a + s * kc * kern.a_stride);
+                    for (std::int64_t jr = s0; jr < s1; ++jr) {
+                        const std::int64_t j = jc + jr * nr, cols = std::min(nr, N - j);
+                        const T* bp = packed_b + pc * nc_pad + jr * kc * nr;
+                        const T* tile_bias = bias && overwrite ? bias + j : nullptr;
+                        for (std::int64_t ir = 0; ir < m_slivers; ++ir) {
+                            const std::int64_t i = i0 + ir * mr;
+                            kern.tile(kc, my_a + ir * kc * kern.a_stride, bp, C + i * N + j, N, std::min(mr, i1 - i),
+                                      cols, overwrite, tile_bias);
+                        }
+                    }
+                }
+            }
+            // the implicit barrier: no thread repacks B while another still reads it
+        }
+    }
+}
+
+template <typename T>
 void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int64_t K, bool trans_a, bool trans_b,
           bool accumulate, const T* bias) {
-    const Operand<T> a{A, trans_a ? M : K, trans_a}, b{B, trans_b ? K : N, trans_b};
     if (M == 0 || N == 0) return;
     if (K == 0) {   // an empty sum: C = bias (or 0), or unchanged when accumulating
         if (!accumulate)
@@ -257,58 +172,8 @@ void gemm(const T* A, const T* B, T* C, std::int64_t M, std::int64_t N, std::int
                 for (std::int64_t j = 0; j < N; ++j) C[i * N + j] = bias ? bias[j] : T(0);
         return;
     }
-    if (M == 1) return gemv(A, b, C, K, N, accumulate, bias);
-
-    const Isa isa = simd_isa<T>();
-    const std::int64_t nc_max = std::min(NC, (N + NR - 1) / NR * NR), kc_max = std::min(KC, K);
-    const std::int64_t mc_max = std::min(MC, (M + MR - 1) / MR * MR);
-    // packed panels start on a cache line, so each k-row of a B sliver (16 floats = 64 bytes) is one line
-    AlignedBuffer<T> packed_b(kc_max * nc_max), packed_a(kc_max * mc_max);
-    const bool parallel = M * N * K >= 64 * 64 * 64;
-
-    for (std::int64_t jc = 0; jc < N; jc += NC) {
-        const std::int64_t nc = std::min(NC, N - jc), n_slivers = (nc + NR - 1) / NR;
-        for (std::int64_t pc = 0; pc < K; pc += KC) {
-            const std::int64_t kc = std::min(KC, K - pc);
-            const bool overwrite = pc == 0 && !accumulate;
-#if defined(MINILLM_OPENMP)
-#pragma omp parallel if (parallel)
-#endif
-            {
-#if defined(MINILLM_OPENMP)
-#pragma omp for schedule(static)
-#endif
-                for (std::int64_t s = 0; s < n_slivers; ++s)
-                    pack_b_sliver(b, pc, kc, jc + s * NR, std::min(NR, nc - s * NR), packed_b.data() + s * kc * NR);
-
-                for (std::int64_t ic = 0; ic < M; ic += MC) {
-                    const std::int64_t mc = std::min(MC, M - ic), m_slivers = (mc + MR - 1) / MR;
-#if defined(MINILLM_OPENMP)
-#pragma omp for schedule(static)
-#endif
-                    for (std::int64_t s = 0; s < m_slivers; ++s)
-                        pack_a_sliver(a, ic + s * MR, std::min(MR, mc - s * MR), pc, kc, packed_a.data() + s * kc * MR);
-
-                    // the implicit barrier above: packed A is complete; now split the slivers of B
-#if defined(MINILLM_OPENMP)
-#pragma omp for schedule(static)
-#endif
-                    for (std::int64_t jr = 0; jr < n_slivers; ++jr) {
-                        alignas(32) T acc[MR * NR];
-                        const std::int64_t j = jc + jr * NR, cols = std::min(NR, N - j);
-                        const T* bp = packed_b.data() + jr * kc * NR;
-                        const T* tile_bias = bias && overwrite ? bias + j : nullptr;
-                        for (std::int64_t ir = 0; ir < m_slivers; ++ir) {
-                            const std::int64_t i = ic + ir * MR, rows = std::min(MR, M - i);
-                            micro_kernel(isa, kc, packed_a.data() + ir * kc * MR, bp, acc);
-                            store_tile(isa, acc, C + i * N + j, N, rows, cols, overwrite, tile_bias);
-                        }
-                    }
-                    // the implicit barrier: no thread repacks A while another still reads it
-                }
-            }
-        }
-    }
+    if (M == 1) return blas::gemv(A, Operand<T>{B, trans_b ? K : N, trans_b}, C, K, N, accumulate, bias);
+    gemm_blocked(A, B, C, M, N, K, trans_a, trans_b, accumulate, bias);
 }
 
 // ---- binding
@@ -362,7 +227,21 @@ static py::array py_matmul(const py::array& a, const py::array& b, bool trans_a,
     return c;
 }
 
+// gemm_blocks(kc, mc, nc) overrides the block sizes (0 = derive from the cache sizes) and returns
+// the ones the AVX-512/AVX2/scalar float32 path would now use for a (M, K) x (K, N) product.
+static py::tuple py_gemm_blocks(std::int64_t kc, std::int64_t mc, std::int64_t nc, std::int64_t N, std::int64_t K) {
+    if (kc < 0 || mc < 0 || nc < 0) Check("gemm_blocks").fail("block sizes must be >= 0 (0 = from the caches)");
+    g_blocks_override = Blocks{kc, mc, nc};
+    const Blocks b = blocks_for(kernel_for<float>(simd_isa<float>()), std::max<std::int64_t>(N, 1),
+                                std::max<std::int64_t>(K, 1));
+    return py::make_tuple(b.kc, b.mc, b.nc);
+}
+
 void bind_gemm(py::module_& m) {
+    m.def("gemm_blocks", &py_gemm_blocks, py::arg("kc") = 0, py::arg("mc") = 0, py::arg("nc") = 0,
+          py::arg("N") = 1024, py::arg("K") = 1024,
+          "Override the GEMM's block sizes KC, MC, NC (0 = from the cache sizes; for tests and tuning); returns "
+          "the (kc, mc, nc) a float32 (M, K) x (K, N) product now uses.");
     m.def("matmul", &py_matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
           py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("bias") = py::none(),
           "C = op(a) op(b) (+ out when accumulate) (+ bias on every row); op transposes when trans_* is set. "

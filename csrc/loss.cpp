@@ -10,6 +10,7 @@
 
 #include "binding.h"
 #include "parallel.h"
+#include "rowwise_avx512.h"
 #include "simd.h"
 
 namespace minillm {
@@ -91,14 +92,19 @@ MINILLM_AVX2 static void scale_row_avx2(const float* g, float scale, float* out,
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa cross_entropy_isa() { return float_family_isa(); }
+
 template <typename T>
 static T cross_entropy_row(Isa isa, const T* x, std::int64_t t, T* g, std::int64_t V) {
+    MINILLM_USE_AVX512(T, isa, rows512::cross_entropy_row(x, t, g, V));
     MINILLM_USE_AVX2(T, isa, cross_entropy_row_avx2(x, t, g, V));
     return cross_entropy_row_scalar(x, t, g, V);
 }
 
 template <typename T>
 static void scale_row(Isa isa, const T* g, T scale, T* out, std::int64_t V, bool stream) {
+    MINILLM_USE_AVX512(T, isa, rows512::scale_row(g, scale, out, V, stream));
     MINILLM_USE_AVX2(T, isa, scale_row_avx2(g, scale, out, V, stream));
     (void)stream;   // only the SIMD version streams its stores
     scale_row_scalar(g, scale, out, V);

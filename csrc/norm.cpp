@@ -14,6 +14,7 @@
 
 #include "binding.h"
 #include "parallel.h"
+#include "rowwise_avx512.h"
 #include "simd.h"
 
 namespace minillm {
@@ -210,14 +211,19 @@ MINILLM_AVX2 static void layer_backward_row_avx2(const float* dy, const float* x
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa norm_isa() { return float_family_isa(); }
+
 template <typename T>
 static T rms_forward_row(Isa isa, const T* x, const T* w, T* y, std::int64_t C, double eps) {
+    MINILLM_USE_AVX512(T, isa, rows512::rms_forward_row(x, w, y, C, eps));
     MINILLM_USE_AVX2(T, isa, rms_forward_row_avx2(x, w, y, C, eps));
     return rms_forward_row_scalar(x, w, y, C, eps);
 }
 
 template <typename T>
 static void rms_backward_row(Isa isa, const T* dy, const T* x, const T* w, T inv, T* dx, T* dw, std::int64_t C) {
+    MINILLM_USE_AVX512(T, isa, rows512::rms_backward_row(dy, x, w, inv, dx, dw, C));
     MINILLM_USE_AVX2(T, isa, rms_backward_row_avx2(dy, x, w, inv, dx, dw, C));
     rms_backward_row_scalar(dy, x, w, inv, dx, dw, C);
 }
@@ -225,6 +231,7 @@ static void rms_backward_row(Isa isa, const T* dy, const T* x, const T* w, T inv
 template <typename T>
 static T layer_forward_row(Isa isa, const T* x, const T* w, const T* b, T* y, T* x_hat, std::int64_t C,
                            double eps) {
+    MINILLM_USE_AVX512(T, isa, rows512::layer_forward_row(x, w, b, y, x_hat, C, eps));
     MINILLM_USE_AVX2(T, isa, layer_forward_row_avx2(x, w, b, y, x_hat, C, eps));
     return layer_forward_row_scalar(x, w, b, y, x_hat, C, eps);
 }
@@ -232,6 +239,7 @@ static T layer_forward_row(Isa isa, const T* x, const T* w, const T* b, T* y, T*
 template <typename T>
 static void layer_backward_row(Isa isa, const T* dy, const T* x_hat, const T* w, T inv, T* dx, T* dw, T* db,
                                std::int64_t C) {
+    MINILLM_USE_AVX512(T, isa, rows512::layer_backward_row(dy, x_hat, w, inv, dx, dw, db, C));
     MINILLM_USE_AVX2(T, isa, layer_backward_row_avx2(dy, x_hat, w, inv, dx, dw, db, C));
     layer_backward_row_scalar(dy, x_hat, w, inv, dx, dw, db, C);
 }

@@ -8,6 +8,7 @@
 
 #include "binding.h"
 #include "parallel.h"
+#include "rowwise_avx512.h"
 #include "simd.h"
 
 namespace minillm {
@@ -146,14 +147,19 @@ MINILLM_AVX2 static void log_softmax_backward_row_avx2(const float* dy, const fl
 
 // ---- dispatch: the best version for T on this CPU, one row at a time
 
+// The path this family takes now (minillm.build_info()["kernel_paths"]).
+Isa softmax_isa() { return float_family_isa(); }
+
 template <typename T>
 static void softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::softmax_row(x, y, n));
     MINILLM_USE_AVX2(T, isa, softmax_row_avx2(x, y, n));
     softmax_row_scalar(x, y, n);
 }
 
 template <typename T>
 static void softmax_backward_row(Isa isa, const T* dy, const T* y, T* dx, std::int64_t n, bool stream) {
+    MINILLM_USE_AVX512(T, isa, rows512::softmax_backward_row(dy, y, dx, n, stream));
     MINILLM_USE_AVX2(T, isa, softmax_backward_row_avx2(dy, y, dx, n, stream));
     (void)stream;   // only the SIMD version streams its stores
     softmax_backward_row_scalar(dy, y, dx, n);
@@ -161,12 +167,14 @@ static void softmax_backward_row(Isa isa, const T* dy, const T* y, T* dx, std::i
 
 template <typename T>
 static void log_softmax_row(Isa isa, const T* x, T* y, std::int64_t n) {
+    MINILLM_USE_AVX512(T, isa, rows512::log_softmax_row(x, y, n));
     MINILLM_USE_AVX2(T, isa, log_softmax_row_avx2(x, y, n));
     log_softmax_row_scalar(x, y, n);
 }
 
 template <typename T>
 static void log_softmax_backward_row(Isa isa, const T* dy, const T* y, T* dx, std::int64_t n, bool stream) {
+    MINILLM_USE_AVX512(T, isa, rows512::log_softmax_backward_row(dy, y, dx, n, stream));
     MINILLM_USE_AVX2(T, isa, log_softmax_backward_row_avx2(dy, y, dx, n, stream));
     (void)stream;
     log_softmax_backward_row_scalar(dy, y, dx, n);

@@ -15,7 +15,26 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
-from . import kernels
+from .config import max_threads
+
+
+def _clamp_omp_num_threads():
+    """OpenMP reads OMP_NUM_THREADS when the extension loads, and a value far beyond the machine
+    makes it fail to create threads or crash (1,000,000 overflows its stack): clamp it to
+    max_threads() first, with a warning. Returns the clamped count, or None if it was fine."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    first = value.split(",")[0].strip()
+    if not first.isdigit() or int(first) <= max_threads():
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(max_threads())
+    warnings.warn(f"minillm: OMP_NUM_THREADS={value} is more than 4 x the {os.cpu_count()} CPUs; using "
+                  f"{max_threads()}", RuntimeWarning, stacklevel=3)
+    return max_threads()
+
+
+_CLAMPED_THREADS = _clamp_omp_num_threads()
+
+from . import kernels  # noqa: E402 (after OMP_NUM_THREADS is made safe: OpenMP reads it as the extension loads)
 
 if TYPE_CHECKING:
     from .autograd import Function, Tensor, concat, is_grad_enabled, no_grad, stack, tensor  # noqa: F401
@@ -42,25 +61,42 @@ def __dir__():
 def build_info():
     """How the native extension was built and what it uses on this machine.
 
-    Keys: version, native (bool), openmp (bool), cpu_simd ("avx2+fma" or "scalar": what the CPU
-    supports), simd (what the kernels use now), threads, compiler, backend, native_kernels.
+    Keys: version, native (bool), openmp (bool), cpu_simd (the best SIMD path the CPU supports:
+    "scalar", "avx2", "avx2-vnni", "avx512" or "avx512-vnni"), simd (the path the kernels use now),
+    supported_isas (every path the CPU supports), kernel_paths (the path each kernel family takes now,
+    e.g. {"gemm": "avx512", "quant_matmul": "avx512-vnni", ...}), caches (the cache sizes the GEMM
+    blocks come from), threads (set_num_threads's count), threads_in_use (what a parallel region uses
+    now: fewer while other programs keep the CPUs busy), adaptive_threads, compiler, backend,
+    native_kernels.
     """
     info = {"version": __version__, "backend": kernels.get_backend(), "native": kernels.native.AVAILABLE,
             "native_kernels": kernels.native_kernels()}
     C = kernels.native._C
     if C is None:
-        info.update(openmp=False, cpu_simd=None, simd=None, threads=1, compiler=None,
+        info.update(openmp=False, cpu_simd=None, simd=None, supported_isas=[], kernel_paths={}, caches=None,
+                    threads=1, threads_in_use=1, adaptive_threads=False, compiler=None,
                     native_error=str(kernels.native.IMPORT_ERROR))
     else:
         info.update(openmp=C.openmp(), cpu_simd=C.cpu_simd(), simd=C.simd_in_use(),
-                    threads=C.get_num_threads(), compiler=C.compiler())
+                    supported_isas=C.supported_isas(), kernel_paths=C.kernel_paths(), caches=C.cache_sizes(),
+                    threads=C.get_num_threads(), threads_in_use=C.threads_in_use(),
+                    adaptive_threads=C.adaptive_threads(), compiler=C.compiler())
     return info
 
 
 def set_num_threads(n):
-    """Threads the native kernels use (OpenMP); OMP_NUM_THREADS sets the default."""
+    """Threads the native kernels use (OpenMP); OMP_NUM_THREADS sets the default. n must be >= 1;
+    more than max_threads() (4 x the CPUs) is clamped to it, with a warning (OpenMP cannot make
+    tens of thousands of threads, and more than the cores only slows the kernels down)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n > max_threads():
+        warnings.warn(f"minillm: set_num_threads({n}) is more than 4 x the {os.cpu_count()} CPUs; using "
+                      f"{max_threads()}", RuntimeWarning, stacklevel=2)
+        n = max_threads()
     if kernels.native._C is not None:
-        kernels.native._C.set_num_threads(int(n))
+        kernels.native._C.set_num_threads(n)
 
 
 def load_pretrained(source, dequantize=False):
@@ -73,6 +109,9 @@ def load_pretrained(source, dequantize=False):
 def get_num_threads():
     return kernels.native._C.get_num_threads() if kernels.native._C is not None else 1
 
+
+if _CLAMPED_THREADS is not None and kernels.native._C is not None:
+    kernels.native._C.set_num_threads(_CLAMPED_THREADS)   # in case OpenMP was loaded (and read it) before us
 
 if kernels.native._C is None and os.environ.get("MINILLM_BACKEND", "").lower() != "numpy":
     warnings.warn(f"minillm: the native extension is not built ({kernels.native.IMPORT_ERROR}); "

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from . import tokenizers
+from .config import check_fields
 from .files import write_atomically
 from .tokenizers import CharTokenizer   # also importable from here, its old home
 
@@ -26,10 +27,15 @@ def read_text(path=None):
         with gzip.open(BUILTIN_CORPUS, "rb") as f:
             raw = f.read()
     else:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise ValueError(f"data file {path!r} does not exist")
-        with open(path, "rb") as f:
-            raw = f.read()
+        if not os.path.isfile(path):
+            raise ValueError(f"data file {path!r} is not a regular file")
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as error:
+            raise ValueError(f"cannot read data file {path!r}: {error.strerror or error}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -73,12 +79,20 @@ def save_tokenizer(tokenizer, directory):
 
 def tokenizer_from_dict(d, directory=None):
     """The tokenizer a config.json entry names: {"kind", "path"} (files under directory), or the
-    {"kind": "char", "chars": ...} that checkpoints written before char tokenizers had files hold."""
+    {"kind": "char", "chars": ...} that checkpoints written before char tokenizers had files hold.
+    The path must be a directory inside `directory` (a checkpoint does not reach out of itself)."""
+    check_fields(d, {"kind": str, "path": str, "chars": str}, "tokenizer entry")
     if "path" in d and directory is not None:
-        return tokenizers.load(os.path.join(directory, d["path"]))
+        path = os.path.join(directory, d["path"])
+        inside = os.path.realpath(path).startswith(os.path.realpath(directory) + os.sep)
+        if os.path.isabs(d["path"]) or not inside:
+            raise ValueError(f"tokenizer entry: path {d['path']!r} leads outside the checkpoint {directory!r}")
+        if not os.path.isdir(path):
+            raise ValueError(f"tokenizer entry: path {d['path']!r} is not a directory in {directory!r}")
+        return tokenizers.load(path)
     if d.get("kind") == "char" and "chars" in d:
         return CharTokenizer(d["chars"])
-    raise ValueError(f"unknown tokenizer entry {d!r}; expected {{'kind': ..., 'path': ...}}")
+    raise ValueError(f"unknown tokenizer entry {d!r:.200}; expected {{'kind': ..., 'path': ...}}")
 
 
 def cached_token_ids(text, tokenizer, source_path, cache_dir):

@@ -54,22 +54,30 @@ class AdamW(Optimizer):
         p <- p - lr * wd * p
         m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
         p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    t counts the steps this parameter had a gradient (kept per parameter, as torch does: an MoE
+    expert no token was routed to sits a step out, moments and count untouched).
     """
 
     def __init__(self, groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(groups, lr)
         self.betas, self.eps = betas, eps
 
+    def _count(self, name):
+        """This parameter's t, after counting the current step. A state saved before t was kept per
+        parameter has moments but no count: every earlier step counted then."""
+        before = self.state.get(f"{name}.step")                 # (1,) int64, so checkpoints can hold it
+        t = int(before[0]) + 1 if before is not None else (self.step_count if f"{name}.m" in self.state else 1)
+        self.state[f"{name}.step"] = np.array([t], dtype=np.int64)
+        return t
+
     def step(self):
         self.step_count += 1
         b1, b2 = self.betas
-        t = self.step_count
-        step_size = self.lr / (1 - b1 ** t)
-        bias2 = math.sqrt(1 - b2 ** t)
         for g in self.groups:
             for name, p in g["params"].items():
                 if p.grad is None:
                     continue
+                t = self._count(name)
                 m = self.state.setdefault(f"{name}.m", np.zeros_like(p.data))
                 v = self.state.setdefault(f"{name}.v", np.zeros_like(p.data))
                 grad = p.grad
@@ -79,7 +87,8 @@ class AdamW(Optimizer):
                 v += (1 - b2) * grad * grad
                 if g["weight_decay"]:
                     p.data *= 1 - self.lr * g["weight_decay"]
-                p.data -= step_size * m / (np.sqrt(v) / bias2 + self.eps)
+                step_size = self.lr / (1 - b1 ** t)
+                p.data -= step_size * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + self.eps)
 
 
 class SGD(Optimizer):

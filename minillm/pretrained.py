@@ -49,6 +49,9 @@ def source_kind(source):
                           "a Hugging Face or minillm checkpoint directory, or a known name "
                           f"({', '.join(sorted(KNOWN_MODELS))})")
     if os.path.isdir(source):
+        from .checkpoint import has_checkpoint
+        if has_checkpoint(source):             # a run directory (its latest pointer) or a flat checkpoint
+            return "checkpoint", source
         config = os.path.join(source, "config.json")
         if os.path.isfile(config):
             try:

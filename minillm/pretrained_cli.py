@@ -12,9 +12,7 @@ import os
 import sys
 from collections import Counter
 
-
-class UsageError(ValueError):
-    """Bad command-line input (one line, exit code 2)."""
+from .config import UsageError, nonnegative_float, positive_int, probability, seed_int, thread_count
 
 
 def _load(source, dequantize=False, threads=None):
@@ -189,12 +187,12 @@ def add_parsers(sub):
     p.add_argument("--model", required=True, help="a .gguf file, an HF or minillm directory, or a known name "
                    "(smollm2-135m-instruct)")
     p.add_argument("--system", help="the system message (default: the template's own)")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=512, help="per reply")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--top-p", type=probability, default=0.9)
+    p.add_argument("--seed", type=seed_int)
+    p.add_argument("--max-new-tokens", type=positive_int, default=512, help="per reply")
+    p.add_argument("--threads", type=thread_count)
     p.set_defaults(run=cmd_chat)
 
     p = sub.add_parser("export", help="write a model as GGUF (llama.cpp) or a Hugging Face directory")

@@ -9,7 +9,8 @@ it generate and eval) loads it like any other (minillm/checkpoint.py).
 """
 import os
 
-from .checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, build_model, checkpoint_leftovers, has_checkpoint, load_checkpoint, save_checkpoint
+from .files import DirectoryLock
 from .nn.quantized import quantize_model
 
 
@@ -27,15 +28,18 @@ def quantize_checkpoint(src, out, scheme, overwrite=False, progress=False):
     being the bytes of model.safetensors before and after."""
     if os.path.abspath(src) == os.path.abspath(out):
         raise CheckpointError("quantize: --out must be a new directory, not the checkpoint being quantized")
-    if os.path.exists(os.path.join(out, "state.json")) and not overwrite:
-        raise CheckpointError(f"quantize: {out!r} already holds a checkpoint; pass --overwrite to replace it")
     checkpoint = load_checkpoint(src)
+    if (has_checkpoint(out) or checkpoint_leftovers(out)) and not overwrite:   # checked again under the lock
+        raise CheckpointError(f"quantize: {out!r} already holds a checkpoint; pass --overwrite to replace it")
     if checkpoint["config"].get("quantization"):
         raise CheckpointError(f"{src!r} is already quantized ({checkpoint['config']['quantization']['scheme']}); "
                               "quantize the float checkpoint it came from")
     model, tokenizer = build_model(checkpoint)
     quantize_model(model, scheme, progress=progress)
     state = {"step": checkpoint["state"].get("step"), "quantized_from": os.path.abspath(src), "scheme": scheme}
-    save_checkpoint(out, model, tokenizer, state=state)
-    sizes = tuple(os.path.getsize(os.path.join(d, "model.safetensors")) for d in (src, out))
+    with DirectoryLock(out):                   # one writer; save_checkpoint commits the whole checkpoint at once
+        if (has_checkpoint(out) or checkpoint_leftovers(out)) and not overwrite:
+            raise CheckpointError(f"quantize: {out!r} already holds a checkpoint; pass --overwrite to replace it")
+        written = save_checkpoint(out, model, tokenizer, state=state)
+    sizes = tuple(os.path.getsize(os.path.join(d, "model.safetensors")) for d in (checkpoint["directory"], written))
     return model, sizes

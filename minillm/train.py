@@ -18,57 +18,30 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict
 
 import numpy as np
 
 from . import checkpoint as ckpt
 from .autograd import no_grad
-from .config import config_from_dict
+from .checkpoint_files import check_optimizer_arrays
+from .config import config_from_dict  # noqa: F401 (public here too)
 from . import families
-from .data import cached_token_ids, decode, encode, read_text, tokenizer_from_dict
+from .data import cached_token_ids, decode, encode, read_text
 from .distributed import DataParallel, LocalCommunicator, merge_from_ranks
+from .files import DirectoryLock, atomic_write
 from .generate import generate
 from .models import build_model, model_config_from_dict
 from .optim import SGD, AdamW, cosine_lr, param_groups
 from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
-
-
-@dataclass
-class TrainConfig:
-    tokenizer: str = "char"        # char | bpe | unigram | wordpiece | path of a saved tokenizer
-    tokenizer_vocab_size: int | None = None   # for trained tokenizers; None: the model's vocab_size
-    batch_size: int = 12
-    grad_accum: int = 1
-    max_iters: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int = 2000
-    optimizer: str = "adamw"       # adamw | sgd
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0         # 0: no clipping
-    eval_interval: int = 250
-    eval_iters: int = 20
-    val_fraction: float = 0.1
-    seed: int = 1337
-    sample_tokens: int = 200       # length of the sample printed at the end (0: none)
-    # other model families (minillm/families.py): MLM for encoders, the seq2seq data for encoder-decoders
-    mlm_probability: float = 0.15  # encoder: the fraction of non-special tokens predicted
-    task: str | None = None        # encoder_decoder: reverse | sort | add (generated) | span_corruption (the text)
-    task_max_len: int = 12         # the longest source of a generated task, in characters
-    noise_density: float = 0.15    # span_corruption: the fraction of tokens that are noise
-    mean_noise_span_length: float = 3.0
-
-    @classmethod
-    def from_dict(cls, values):
-        return config_from_dict(cls, values)
+from .train_config import (RESUMABLE, TrainConfig, check_model_fits, check_train_config,  # noqa: F401 (public here too)
+                           resume_config)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+    """The loss or the gradient became NaN or infinite, or the loss blew up past max_loss; the
+    step was not applied and the last good checkpoint is left as it was."""
 
 
 def estimate_loss(model, data, config, block_size, step, comm=None):
@@ -122,16 +95,26 @@ class Trainer:
     """
 
     def __init__(self, model_config, train_config, out_dir, data_path=None, resume=False, progress=True, log=print,
-                 comm=None, parallel=None):
+                 comm=None, parallel=None, resume_overrides=None):
+        """resume: continue the checkpoint in out_dir; its model and training config are used, with
+        train_config.max_iters as the new end and resume_overrides (see resume_config) applied."""
         self.config, self.out_dir, self.progress, self.log = train_config, out_dir, progress, log
         self.comm = comm or LocalCommunicator()
         text = read_text(data_path)
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
-            self.tokenizer = tokenizer_from_dict(saved["config"]["tokenizer"], out_dir)
-            model_config = model_config_from_dict(saved["config"]["model"])
-            self.config = train_config = TrainConfig.from_dict(saved["state"]["train_config"] | {
-                "max_iters": train_config.max_iters})
+            where = f"checkpoint state file {os.path.join(saved['directory'], 'state.json')!r}"
+            for key in ("rng", "optimizer_step", "step", "train_config"):
+                if key not in saved["state"]:
+                    raise ckpt.CheckpointError(f"{where} has no {key!r}: it cannot be resumed")
+            where += ": train_config"
+            try:
+                self.tokenizer = saved["tokenizer"]
+                model_config = model_config_from_dict(saved["config"]["model"], "checkpoint config: model")
+                self.config = train_config = TrainConfig.from_dict(
+                    resume_config(saved["state"]["train_config"], train_config.max_iters, resume_overrides), where)
+            except (OSError, ValueError) as error:
+                raise ckpt.CheckpointError(str(error)) from None
         else:
             self.tokenizer = families.build_tokenizer(model_config, train_config, text)
         if model_config.vocab_size < self.tokenizer.vocab_size:
@@ -140,6 +123,7 @@ class Trainer:
         cache_dir = os.path.join(out_dir, "cache") if data_path is None else os.path.dirname(os.path.abspath(data_path))
         self.data = families.make_data(model_config, train_config, self.tokenizer, lambda: self.comm.root_first(
             lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir)))
+        check_model_fits(model_config)
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
         self.model = build_model(model_config, rng=self.init_rng)
         self.data_rng = np.random.default_rng([train_config.seed, 1])
@@ -157,20 +141,41 @@ class Trainer:
         self.best_val = math.inf
         self.resumed_at = None
         if saved:
-            try:
-                self.model.load_state_dict(saved["model"])
-            except (KeyError, ValueError) as error:
-                raise ckpt.CheckpointError(f"checkpoint weights do not match its config: {error}") from None
-            self.optimizer.load_state_dict({"step": saved["state"]["optimizer_step"], "state": saved["optimizer"]})
-            state = saved["state"]
-            self.step = self.resumed_at = state["step"]
-            self.best_val = state.get("best_val", math.inf)
-            self.data_rng.bit_generator.state = state["rng"]["data"]
-            self.init_rng.bit_generator.state = state["rng"]["init"]
+            self._restore(saved)
+        self.loss_limit = (train_config.max_loss if train_config.max_loss is not None
+                           else 2 * math.log(self.model.config.vocab_size) + 1)
         self.dp.take_root_weights()                             # replicas start bit-identical
 
+    def _restore(self, saved):
+        """Weights, optimizer state, step and RNG states from a loaded checkpoint, each checked."""
+        ckpt.load_weights(self.model, saved)
+        path = os.path.join(saved["directory"], "state.json")
+        check_optimizer_arrays(self.model, saved["optimizer"], os.path.join(saved["directory"], "optimizer.safetensors"))
+        state = saved["state"]
+        try:
+            self.optimizer.load_state_dict({"step": state["optimizer_step"], "state": saved["optimizer"]})
+        except (KeyError, ValueError) as error:
+            raise ckpt.CheckpointError(f"checkpoint optimizer state does not fit the model: {error}") from None
+        if state["step"] < 0 or state["optimizer_step"] < 0:
+            raise ckpt.CheckpointError(f"checkpoint state file {path!r}: step must be >= 0, got {state['step']}")
+        self.step = self.resumed_at = state["step"]
+        self.best_val = state.get("best_val")
+        self.best_val = math.inf if self.best_val is None else self.best_val
+        for name, rng in (("data", self.data_rng), ("init", self.init_rng)):
+            try:
+                rng.bit_generator.state = state["rng"][name]
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise ckpt.CheckpointError(f"checkpoint state file {path!r}: rng.{name} is not a NumPy "
+                                           f"{type(rng.bit_generator).__name__} state (the checkpoint is corrupt)") from None
+
     def save(self, losses=None):
-        state = {"step": self.step, "train_config": asdict(self.config), "best_val": self.best_val,
+        """A checkpoint of this step (collective: every rank calls it; rank 0 writes), after checking
+        that the weights are finite: a checkpoint is never replaced by a broken model."""
+        if not all(np.isfinite(p.data).all() for p in self.model.parameters()):
+            raise TrainingDiverged(f"the weights hold NaN or infinite values at step {self.step}; stopped, and the "
+                                   f"last checkpoint in {self.out_dir} was left as it was (try a lower --lr)")
+        state = {"step": self.step, "train_config": asdict(self.config),
+                 "best_val": self.best_val if math.isfinite(self.best_val) else None,
                  "losses": losses, "rng": {"data": self.data_rng.bit_generator.state,
                                            "init": self.init_rng.bit_generator.state}}
         optimizer = self.dp.optimizer_to_save(self.step)        # collective: replica check, ZeRO gather
@@ -182,7 +187,7 @@ class Trainer:
         model minimises it plus its router losses, which go to self.last_moe with the expert load."""
         c, block = self.config, self.model.config.block_size
         self.dp.start_step(self.step, self.init_rng, c.seed)
-        lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.lr_decay_iters)
+        lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.decay_iters)
         self.optimizer.lr = lr
         total = objective = 0.0
         moe = []
@@ -202,16 +207,31 @@ class Trainer:
         grad_norm = self.dp.reduce_gradients(c.grad_clip)      # summed over the ranks, clipped by the global norm
         total, objective = self.dp.sum_over_ranks(total, objective)
         self.last_moe = mean_moe_stats(moe) if moe else None
-        if not math.isfinite(objective):
-            raise TrainingDiverged(f"the loss became {objective} at step {self.step}; stopped, and the last checkpoint "
-                                   f"in {self.out_dir} was left as it was (try a lower --lr)")
+        self._check_step(objective, total, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
         return total, grad_norm, lr
 
+    def _check_step(self, objective, loss, grad_norm):
+        """Stop before a step is applied if its loss or gradient is not finite or the loss blew up."""
+        kept = f"stopped before applying it, and the last checkpoint in {self.out_dir} was left as it was"
+        if not math.isfinite(objective):
+            raise TrainingDiverged(f"the loss became {objective} at step {self.step}; {kept} (try a lower --lr)")
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"the gradient norm became {grad_norm} at step {self.step} (the loss was "
+                                   f"{loss:.4f}); {kept} (try a lower --lr)")
+        if loss > self.loss_limit:
+            raise TrainingDiverged(f"the loss blew up to {loss:.4g} at step {self.step}, above max_loss "
+                                   f"{self.loss_limit:.4g}; {kept} (try a lower --lr, or set max_loss)")
+
     def evaluate_and_save(self, log_file):
         losses = estimate_loss(self.model, self.data, self.config, self.model.config.block_size, self.step, self.comm)
+        for split in ("train", "val"):
+            if not losses[split] <= self.loss_limit:          # NaN, inf or a blow-up: do not save this model
+                raise TrainingDiverged(f"the {split} loss is {losses[split]:.4g} at step {self.step} (max_loss "
+                                       f"{self.loss_limit:.4g}); stopped, and the last checkpoint in {self.out_dir} "
+                                       "was left as it was (try a lower --lr)")
         self.best_val = min(self.best_val, losses["val"])
         self.save(losses)
         if self.comm.rank == 0:
@@ -221,46 +241,84 @@ class Trainer:
         return losses
 
     def run(self):
-        c = self.config
+        """Train to max_iters, evaluating and saving every eval_interval steps and at the end.
+        Rank 0 holds the lock on out_dir throughout (files.DirectoryLock: one writer); a resumed
+        run first cuts train_log.jsonl back to the checkpoint's step, so no line is repeated."""
         os.makedirs(self.out_dir, exist_ok=True)
+        root = self.comm.rank == 0
+        log_path = os.path.join(self.out_dir, "train_log.jsonl") if root else os.devnull
+        with DirectoryLock(self.out_dir) if root else nullcontext():
+            if self.resumed_at is not None and root:
+                truncate_log(log_path, self.resumed_at)
+            with open(log_path, "a") as log_file:
+                return self._run(log_file)
+
+    def _run(self, log_file):
+        c = self.config
         tokens_per_step = c.batch_size * c.grad_accum * self.model.config.block_size
         losses = None
         start_time = time.perf_counter()
         step_losses = []
-        log_path = os.path.join(self.out_dir, "train_log.jsonl") if self.comm.rank == 0 else os.devnull
-        with open(log_path, "a") as log_file:
-            bar = _progress(self.step, c.max_iters, self.progress and self.comm.rank == 0)
-            while self.step < c.max_iters:
-                if self.step % c.eval_interval == 0 and c.eval_iters and self.step != self.resumed_at:
-                    losses = self.evaluate_and_save(log_file)
-                t0 = time.perf_counter()
-                loss, grad_norm, lr = self.train_step()
-                step_losses.append(loss)
-                tok_s = tokens_per_step / (time.perf_counter() - t0)
-                log_file.write(json.dumps({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                           "tokens_per_s": tok_s, **(self.last_moe or {})}) + "\n")
-                if bar is not None:
-                    bar.update(1)
-                    aux = {"aux": f"{self.last_moe['aux_loss']:.3f}"} if self.last_moe else {}
-                    bar.set_postfix(loss=f"{loss:.4f}", **aux, lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-            if bar is not None:
-                bar.close()
-            if c.eval_iters:
+        bar = _progress(self.step, c.max_iters, self.progress and self.comm.rank == 0)
+        while self.step < c.max_iters:
+            if self.step % c.eval_interval == 0 and c.eval_iters and self.step != self.resumed_at:
                 losses = self.evaluate_and_save(log_file)
-            else:
-                self.save()
+            t0 = time.perf_counter()
+            loss, grad_norm, lr = self.train_step()
+            step_losses.append(loss)
+            tok_s = tokens_per_step / (time.perf_counter() - t0)
+            log_file.write(json.dumps({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                       "tokens_per_s": tok_s, **(self.last_moe or {})}) + "\n")
+            if bar is not None:
+                bar.update(1)
+                aux = {"aux": f"{self.last_moe['aux_loss']:.3f}"} if self.last_moe else {}
+                bar.set_postfix(loss=f"{loss:.4f}", **aux, lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        if bar is not None:
+            bar.close()
+        if self.step == self.resumed_at:
+            pass                                        # nothing trained since the checkpoint: it stands
+        elif c.eval_iters:
+            losses = self.evaluate_and_save(log_file)
+        else:
+            self.save()
         return {"step": self.step, "losses": losses, "step_losses": step_losses,
                 "seconds": time.perf_counter() - start_time, "peak_memory_mib": peak_memory_mib(),
                 "optimizer_state_mib": self.dp.optimizer_state_bytes() / 2 ** 20,
                 "expert_load": (losses or {}).get("expert_load") or (self.last_moe or {}).get("expert_load")}
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
+        """A sample from the model; a prompt the tokenizer cannot encode (a vocabulary without "\n")
+        is replaced by the first token of the training data. The other families show a few
+        held-out predictions instead (families.sample)."""
         if getattr(self.model.config, "family", "decoder") != "decoder":
             return families.sample(self, max_new_tokens)
-        ids = encode(self.tokenizer, prompt).tolist()
+        try:
+            ids = encode(self.tokenizer, prompt).tolist()
+        except ValueError:
+            ids = []
+        if not ids:
+            ids = [int(self.data.splits["train"][0])]
+            prompt = decode(self.tokenizer, ids)
         out = generate(self.model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
                        seed=self.config.seed if seed is None else seed)
         return prompt + decode(self.tokenizer, out[0])
+
+
+def truncate_log(path, step):
+    """Rewrite train_log.jsonl (atomically) without the records past step, and any line a kill cut
+    short: after a resume, the steps from the checkpoint on are logged once, by the resumed run."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, "".join(kept))
 
 
 def _progress(start, total, enabled):

@@ -16,21 +16,45 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 BACKENDS = ["numpy"] + (["native"] if kernels.native.AVAILABLE else [])
 
 
+def _switch_backend(name):
+    previous = kernels.get_backend()
+    kernels.set_backend(name)
+    return previous
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Run a test once per kernel backend, restoring the default afterwards.
-
-    Every test in the functional and nn suites gets it (see pytest_collection_modifyitems), so
-    the whole gradcheck suite runs on the NumPy references and on the native kernels."""
-    previous = kernels.get_backend()
-    kernels.set_backend(request.param)
+    """Run a test once per kernel backend, restoring the default afterwards (ask for it by name)."""
+    previous = _switch_backend(request.param)
     yield request.param
     kernels.set_backend(previous)
 
 
+@pytest.fixture(autouse=True)
+def kernel_backend(request):
+    """The backend of the functional and nn suites: parametrized there (see pytest_generate_tests),
+    a no-op everywhere else.
+
+    It is autouse so that it is in every test's initial fixture names: pytest prunes the fixture
+    closure back to those names after pytest_generate_tests, so a fixture name appended to
+    metafunc.fixturenames there is parametrized (the [numpy] id appears) but never set up
+    (the test runs on the default backend). tests/test_functional_backend.py fails if that recurs."""
+    if not hasattr(request, "param"):
+        yield kernels.get_backend()
+        return
+    previous = _switch_backend(request.param)
+    yield request.param
+    kernels.set_backend(previous)
+
+
+def runs_on_every_backend(module_name):
+    """The test modules whose every test runs once per kernel backend."""
+    name = module_name.rsplit(".", 1)[-1]
+    return name.startswith("test_functional") or name.startswith("test_nn")
+
+
 def pytest_generate_tests(metafunc):
-    """Give every test of the functional and nn suites the `backend` fixture."""
-    name = metafunc.module.__name__.rsplit(".", 1)[-1]
-    if (name.startswith("test_functional") or name.startswith("test_nn")) and "backend" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("backend")
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+    """Run every test of the functional and nn suites once per backend (tests that ask for
+    `backend` by name are parametrized by it already)."""
+    if runs_on_every_backend(metafunc.module.__name__) and "backend" not in metafunc.fixturenames:
+        metafunc.parametrize("kernel_backend", BACKENDS, indirect=True)

@@ -13,7 +13,11 @@ def test_build_info_reports_the_build():
     info = mm.build_info()
     assert info["native"] is True
     assert isinstance(info["openmp"], bool)
-    assert info["cpu_simd"] in ("avx2+fma", "scalar")
+    assert info["cpu_simd"] in native._C.isa_names()
+    assert info["supported_isas"][0] == "scalar" and info["cpu_simd"] == info["supported_isas"][-1]
+    assert set(info["kernel_paths"]) >= {"gemm", "gemv", "softmax", "attention", "quant_matmul"}
+    assert set(info["kernel_paths"].values()) <= set(info["supported_isas"])
+    assert all(info["caches"][level] > 0 for level in ("l1d", "l2", "l3"))
     assert info["threads"] >= 1
     assert "softmax_forward" in info["native_kernels"]
 
@@ -33,3 +37,24 @@ def test_set_num_threads_round_trips():
 
 def test_every_native_kernel_has_a_reference_twin():
     assert set(native.KERNELS) <= set(reference.KERNELS)
+
+
+def test_force_isa_runs_each_supported_path_and_refuses_the_others():
+    try:
+        for path in native._C.supported_isas():
+            native._C.force_isa(path)
+            assert native._C.simd_in_use() == path
+            assert mm.build_info()["simd"] == path
+            assert mm.build_info()["kernel_paths"]["gemm"] in native._C.supported_isas()
+        for path in set(native._C.isa_names()) - set(native._C.supported_isas()):
+            with pytest.raises(ValueError, match=f"does not support the '{path}' path"):
+                native._C.force_isa(path)
+        with pytest.raises(ValueError, match="unknown path 'sse9'"):
+            native._C.force_isa("sse9")
+        native._C.force_scalar(True)                       # the older switch is force_isa("scalar")
+        assert mm.build_info()["kernel_paths"]["gemm"] == "scalar"
+        native._C.force_scalar(False)
+        assert native._C.simd_in_use() == native._C.cpu_simd()
+    finally:
+        native._C.force_isa(None)
+    assert native._C.simd_in_use() == native._C.cpu_simd()

@@ -124,7 +124,9 @@ def test_moe_experts_unused_on_a_rank_train_as_in_one_process(files, tmp_path):
     np.testing.assert_allclose(log(two)[1], log(one)[1], rtol=RTOL)
     saved, reference = (ckpt.load_checkpoint(str(d), optimizer_wanted=True)["optimizer"] for d in (two, one))
     assert sorted(saved) == sorted(reference)           # state only for parameters that had a gradient
-    assert len(reference) < 2 * len(ckpt.load_checkpoint(str(one))["model"])
+    assert sum(key.endswith(".m") for key in reference) < len(ckpt.load_checkpoint(str(one))["model"])
+    for key in (k for k in reference if k.endswith(".step")):     # per-parameter step counts, as AdamW's
+        np.testing.assert_array_equal(saved[key], reference[key])
 
 
 def test_dropout_runs_on_two_ranks_resume_bit_exactly(files, tmp_path):
@@ -167,7 +169,9 @@ def test_bad_input_under_mpiexec_is_one_line_from_rank_0(files, tmp_path):
 
 
 def test_a_diverged_loss_stops_every_rank_with_one_message(files, tmp_path):
-    run = train_mpi(files, tmp_path / "nan", "--lr", "1e12")
+    run = train_mpi(files, tmp_path / "nan", "--lr", "1e12")       # the loss blows up, then would be NaN
     assert run.returncode == 1
-    assert run.stderr.count("the loss became nan at step") == 1
+    # the first step's weights overflow: the loss is huge or, where no kernel hides a NaN, NaN
+    assert run.stderr.count("minillm: error: the loss ") == 1 and "left as it was" in run.stderr
+    assert "the loss blew up to" in run.stderr or "the loss became nan" in run.stderr
     assert "pending" not in run.stderr                       # no collective left in flight at exit

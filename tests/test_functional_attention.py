@@ -137,6 +137,12 @@ def test_sinusoidal_positions_and_alibi_slopes():
     np.testing.assert_allclose(pe[3, 1], math.cos(3), rtol=1e-6)
     np.testing.assert_allclose(pe[3, 4], math.sin(3 / 10000 ** (4 / 6)), rtol=1e-6)
     assert F.sinusoidal_positions(3, 5).shape == (3, 5)
+    for T, C in [(7, 6), (5, 9)]:              # every entry, by the definition, for even and odd C
+        table = F.sinusoidal_positions(T, C, dtype=np.float64)
+        for p in range(T):
+            for c in range(C):
+                angle = p / 10000 ** (2 * (c // 2) / C)
+                assert table[p, c] == pytest.approx(math.sin(angle) if c % 2 == 0 else math.cos(angle), abs=1e-12)
     np.testing.assert_allclose(F.alibi_slopes(8), [2.0 ** -i for i in range(1, 9)])
     np.testing.assert_allclose(F.alibi_slopes(6), [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3])
 

@@ -29,15 +29,14 @@ LAYERS = [
     ("models", ["minillm.models"]),
     ("tokenizers", ["minillm.tokenizers"]),
     ("io", ["minillm.io"]),
-    ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.generate", "minillm.train",
+    ("workflows", ["minillm.optim", "minillm.data", "minillm.checkpoint", "minillm.checkpoint_files",
+                   "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
                    "minillm.pretrained", "minillm.chat", "minillm.families", "minillm.mlm", "minillm.seq2seq",
                    "minillm.seq2seq_data", "minillm.embed"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm", "minillm.cli", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
-             "minillm.tokenizers.cli",
-             "minillm.__main__", "minillm.demo",
-             "minillm.testing"]),
+    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.pretrained_cli", "minillm.encoder_cli",
+             "minillm.scaling.cli", "minillm.tokenizers.cli", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

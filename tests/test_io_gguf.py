@@ -61,6 +61,7 @@ def test_quantized_export_round_trips_block_for_block(tmp_path, scheme):
 def test_transformers_gguf_loader_gives_the_same_logits(tmp_path, flavour):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers reads GGUF files only with it
     # transformers reads GPT-2's GGUF context_length and feed_forward_length into config keys GPT-2 does
     # not use, so its GPT-2 must have the default sizes: 1024 positions, a 4 x width feed-forward
     sizes = {} if flavour == "llama" else {"block_size": 1024, "d_ff": None}

@@ -51,6 +51,7 @@ def test_greedy_continuation_is_sensible():
 def oracle():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers reads GGUF files only with it
     path = smollm2_path()
     hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                            dtype=torch.float32).eval()

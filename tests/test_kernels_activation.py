@@ -13,6 +13,7 @@ from kernel_parity import assert_close, simd_path  # noqa: F401 (simd_path is a 
 from minillm.testing.strategies import shapes
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+FAMILY = "activation"   # the simd_path fixture runs each test on every path this family has
 
 KERNELS = {"gelu": (reference.gelu_forward, reference.gelu_backward),
            "silu": (reference.silu_forward, reference.silu_backward)}
@@ -90,18 +91,18 @@ def activation_terms(name, x):
 
 
 @given(shape=shapes(min_dims=1, max_dims=2, max_side=50), seed=st.integers(0, 2**32 - 1))
-def test_simd_and_scalar_paths_agree_to_a_few_ulp(shape, seed):
+def test_simd_and_scalar_paths_agree_to_a_few_ulp(simd_path, shape, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 8).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     for name in KERNELS:
         fwd, bwd = native_pair(name)
-        simd = fwd(x), bwd(dy, x)
-        native._C.force_scalar(True)
+        simd = fwd(x), bwd(dy, x)   # on the forced path
+        native._C.force_isa("scalar")
         try:
             scalar = fwd(x), bwd(dy, x)
         finally:
-            native._C.force_scalar(False)
+            native._C.force_isa(simd_path)
         # s = sigmoid(z) has condition number ~|z| in the tail, and z is rounded differently (FMA or not)
         # on the two paths: allow (8 + 4|z|) ulp of y, and of the derivative's terms before they cancel
         rel = np.finfo(np.float32).eps * (8 + 4 * np.abs(activation_terms(name, x)[0]))

@@ -1,5 +1,5 @@
 """The native flash-style attention equals the NumPy reference (forward out and lse, backward dq, dk,
-dv; the AVX2 and the scalar path; float32 and float64), and its bindings reject bad arrays with
+dv; on every SIMD path; float32 and float64), and its bindings reject bad arrays with
 ValueError/TypeError instead of touching memory."""
 import math
 
@@ -11,17 +11,13 @@ from minillm.kernels import native, reference
 from minillm.kernels.reference.positions import alibi_slopes
 from minillm.testing.strategies import arrays_like, attention_configs, key_padding_masks
 
+from kernel_parity import simd_path, special_arrays  # noqa: E402,F401 (simd_path is a fixture)
+
 if native.AVAILABLE:
     from minillm.kernels.native import attention as native_attention
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
-
-
-@pytest.fixture(params=["simd", "scalar"])
-def simd_path(request):
-    native._C.force_scalar(request.param == "scalar")
-    yield request.param
-    native._C.force_scalar(False)
+FAMILY = "attention"   # the simd_path fixture runs each test on every path this family has
 
 
 @st.composite
@@ -158,6 +154,103 @@ def test_wrappers_take_views_and_options_as_the_reference_does(simd_path):
     options = dict(causal=True, window=np.int64(4), alibi_slopes=alibi_slopes(4),
                    key_padding_mask=np.ones((2, 22), bool)[:, ::2])
     check_parity(q, k, v, dout, options)
+
+
+# ---- non-finite inputs: NaN is never hidden
+
+@st.composite
+def nonfinite_inputs(draw, specials_in="qk"):
+    """Inputs whose q and k (or v) hold NaN, +-inf, denormals, +-0 and +-3e38 among ordinary values;
+    lengths up to 70 cross the 32-key tiles. Options as attention_inputs draws them."""
+    cfg = draw(attention_configs(max_batch=2, max_heads=4, max_len=70, head_dims=(1, 3, 8, 17)))
+    B, H, Hkv, T, S, D = (cfg[n] for n in ("B", "H", "Hkv", "T", "S", "D"))
+    special = {name: name in specials_in for name in "qkv"}
+    q = draw(special_arrays((B, H, T, D))) if special["q"] else draw(arrays_like((B, H, T, D), np.float32, 1.0))
+    k = draw(special_arrays((B, Hkv, S, D))) if special["k"] else draw(arrays_like((B, Hkv, S, D), np.float32, 1.0))
+    # values of 3e38 overflow the flash accumulator sum_j exp(s_j - m) v_j (it is normalized last)
+    v = draw(special_arrays((B, Hkv, S, D), huge=False)) if special["v"] else draw(arrays_like((B, Hkv, S, D), np.float32))
+    dout = draw(arrays_like((B, H, T, D), np.float32))
+    if specials_in == "v":   # every key visible to every query: no product of 0 with a hidden value
+        options = dict(causal=False, window=None, alibi_slopes=None, key_padding_mask=None)
+    else:
+        options = dict(causal=draw(st.booleans()), window=draw(st.one_of(st.none(), st.integers(1, S + 1))),
+                       alibi_slopes=alibi_slopes(H) if draw(st.booleans()) else None,
+                       key_padding_mask=draw(key_padding_masks(B, S)) if draw(st.booleans()) else None)
+    return q, k, v, dout, options
+
+
+def seen_and_overflow_risk(q, k, options):
+    """(seen (B, H, T, S): which keys each query sees; risky (B, H, T): rows whose finite score sums
+    could overflow float32, where FMA and summation order decide between a finite score and inf)."""
+    (B, H, T, D), (Hkv, S) = q.shape, k.shape[1:3]
+    seen = np.broadcast_to(reference.visible_keys(T, S, options["causal"], options["window"],
+                                                  options["key_padding_mask"]), (B, H, T, S))
+    finite = lambda a: np.where(np.isfinite(a), np.abs(a), 0).astype(np.float64)   # noqa: E731
+    magnitude = finite(q) @ np.repeat(finite(k), H // Hkv, axis=1).swapaxes(-1, -2)
+    return seen, (seen & (magnitude >= 1e37)).any(axis=-1)
+
+
+def finite_tolerance(q, k, v, dout, options):
+    """check_parity's float32 bounds from the finite parts of the inputs: (rel, {name: magnitude})."""
+    (B, H, T, D), (Hkv, S) = q.shape, k.shape[1:3]
+    q, k, v, dout = (np.where(np.isfinite(a), a, 0).astype(np.float64) for a in (q, k, v, dout))
+    cond = (np.abs(q) @ np.repeat(np.abs(k), H // Hkv, axis=1).swapaxes(-1, -2)).max(initial=0.0) / math.sqrt(D)
+    if options["alibi_slopes"] is not None:
+        cond += np.max(options["alibi_slopes"]) * (S + T)
+    rel = 4 * np.finfo(np.float32).eps * (S + D + math.sqrt(D) * cond)
+    mq, mk, mv, mdo = (float(np.abs(a).max(initial=0.0)) for a in (q, k, v, dout))
+    dp = math.sqrt(D) * mdo * mv
+    return rel, {"out": mv, "dq": dp * mk, "dk": dp * mq, "dv": mdo}
+
+
+@given(nonfinite_inputs())
+def test_attention_propagates_nan_and_inf_like_the_reference(simd_path, case):
+    """A NaN or +inf score among a query's visible keys: that row of out is NaN and its lse NaN, in
+    the native kernel as in the reference (never zeros, never a finite loss); a row that sees no key
+    still gives zeros and lse = +inf. Backward: the NaN reaches dq of that row and dk, dv of every key
+    it sees (never hidden), and no gradient is NaN where the reference's is finite (never invented)."""
+    q, k, v, dout, options = case
+    seen, risky = seen_and_overflow_risk(q, k, options)
+    out, lse = native_attention.attention_forward(q, k, v, **options)
+    out32, lse32 = reference.attention_forward(q, k, v, **options)
+    ok = ~risky
+    nan_rows = np.isnan(out32).any(axis=-1)
+    assert np.array_equal(np.isnan(out).any(axis=-1)[ok], nan_rows[ok])
+    assert np.isnan(out[ok & nan_rows]).all()                      # the whole row, not one entry
+    assert np.array_equal(np.isnan(lse)[ok], np.isnan(lse32)[ok])
+    assert np.array_equal(np.isposinf(lse)[ok], np.isposinf(lse32)[ok])
+    assert np.all(out[ok & np.isposinf(lse32)] == 0)
+    fine = ok & ~nan_rows & np.isfinite(lse32)
+    rel, magnitude = finite_tolerance(q, k, v, dout, options)
+    np.testing.assert_allclose(out[fine], out32[fine], rtol=8 * rel, atol=8 * rel * magnitude["out"] + 1e-30)
+    if risky.any():
+        return
+    grads = native_attention.attention_backward(dout, q, k, v, out, lse, **options)
+    grads32 = reference.attention_backward(dout, q, k, v, out32, lse32, **options)
+    group = q.shape[1] // k.shape[1]
+    poisoned = nan_rows[..., None] & seen                          # (B, H, T, S): a NaN row sees key j
+    must = {"dq": np.broadcast_to(nan_rows[..., None], q.shape),
+            "dk": np.broadcast_to(poisoned.any(axis=2).reshape(k.shape[0], -1, group, k.shape[2]).any(axis=2)[..., None],
+                                  k.shape)}
+    must["dv"] = must["dk"]
+    (B, H, T, D), S = q.shape, k.shape[2]
+    terms = {"dq": S, "dk": T * group, "dv": T * group}              # how many terms each gradient sums
+    for name, got, want in zip(("dq", "dk", "dv"), grads, grads32):
+        assert np.isnan(got[must[name]]).all(), f"{name}: a NaN was hidden"
+        if magnitude[name] * terms[name] >= 1e37:                     # its sums may overflow: order decides
+            continue
+        assert not (np.isnan(got) & ~np.isnan(want)).any(), f"{name}: a NaN where the reference is finite"
+        both = np.isfinite(got) & np.isfinite(want)
+        np.testing.assert_allclose(got[both], want[both], rtol=8 * rel, atol=8 * rel * magnitude[name] + 1e-30)
+
+
+@given(nonfinite_inputs(specials_in="v"))
+def test_nonfinite_values_reach_every_query_that_sees_them(simd_path, case):
+    q, k, v, dout, options = case
+    out, _ = native_attention.attention_forward(q, k, v, **options)
+    out32, _ = reference.attention_forward(q, k, v, **options)
+    assert np.array_equal(np.isnan(out), np.isnan(out32))
+    assert np.array_equal(np.isposinf(out), np.isposinf(out32)) and np.array_equal(np.isneginf(out), np.isneginf(out32))
 
 
 # ---- the bindings reject what they cannot handle

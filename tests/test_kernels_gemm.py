@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 from minillm.kernels import native, reference
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+FAMILY = "gemm"   # the simd_path fixture runs each test on every path this family has
 
 if native.AVAILABLE:
     from minillm.kernels.native import linear as native_linear
@@ -54,6 +55,55 @@ def test_gemm_accumulates_into_out(simd_path, M, K, N, ta, tb, seed):
     check(out, start + reference.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb), K + 1, np.float32)
     native_linear.matmul(a, b, ta, tb, out=out)          # out= without accumulate overwrites
     check(out, reference.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb), K, np.float32)
+
+
+def test_reference_matmul_writes_or_adds_into_out():
+    rng = np.random.default_rng(5)
+    a, b, start = rng.standard_normal((3, 4)), rng.standard_normal((5, 4)), rng.standard_normal((3, 5))
+    out = start.copy()
+    assert reference.matmul(a, b, trans_b=True, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, start + a @ b.T, rtol=1e-14)
+    reference.matmul(a.T.copy(), b, trans_a=True, trans_b=True, out=out)
+    np.testing.assert_allclose(out, a @ b.T, rtol=1e-14)
+    with pytest.raises(ValueError, match="matmul: accumulate=True needs out= to add into"):
+        reference.matmul(a, b.T, accumulate=True)
+
+
+@pytest.fixture
+def small_blocks():
+    """Tiny block sizes (KC 24, MC 2 slivers, NC 2 slivers), so small shapes cross every loop of
+    the blocked GEMM: several NC panels, KC blocks and row and column tasks."""
+    yield native._C.gemm_blocks(kc=24, mc=30, nc=40)
+    native._C.gemm_blocks()
+
+
+@given(M=st.integers(2, 130), K=st.integers(1, 90), N=st.integers(1, 130), ta=st.booleans(), tb=st.booleans(),
+       accumulate=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_gemm_with_small_blocks_crosses_every_loop(simd_path, small_blocks, M, K, N, ta, tb, accumulate, threads,
+                                                   seed):
+    rng = np.random.default_rng(seed)
+    a, b = operands(rng, M, K, N, ta, tb, np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    start = rng.standard_normal((M, N)).astype(np.float32)
+    expected = reference.matmul(a.astype(np.float64), b.astype(np.float64), ta, tb)
+    expected = expected + (start if accumulate else bias)
+    before = native._C.get_num_threads()
+    native._C.set_num_threads(threads)
+    try:
+        out = start.copy()
+        native._C.matmul(a, b, ta, tb, out, accumulate, None if accumulate else bias)
+    finally:
+        native._C.set_num_threads(before)
+    check(out, expected, K + 1, np.float32)
+
+
+def test_gemm_blocks_come_from_the_cache_sizes():
+    kc, mc, nc = native._C.gemm_blocks()
+    assert 64 <= kc <= 1024 and mc >= 1 and nc >= 1
+    assert native._C.gemm_blocks(kc=24, mc=30, nc=40, N=1000, K=100)[0] <= 32    # an override is used
+    assert native._C.gemm_blocks() == (kc, mc, nc)                                # 0 = back to the caches
+    with pytest.raises(ValueError, match=">= 0"):
+        native._C.gemm_blocks(kc=-1)
 
 
 def test_gemm_with_k_zero_is_the_bias_or_leaves_out_alone():

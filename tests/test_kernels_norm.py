@@ -13,6 +13,7 @@ from kernel_parity import assert_close, simd_path, tolerance  # noqa: F401 (simd
 from minillm.testing.strategies import shapes
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+FAMILY = "norm"   # the simd_path fixture runs each test on every path this family has
 
 
 @st.composite

@@ -10,11 +10,12 @@ from minillm.kernels import native, reference
 from minillm.kernels.reference.quant import GROUP, SCHEMES, pack_int4, unpack_int4
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the native extension is not built")
+FAMILY = "quant_matmul"   # the simd_path fixture runs each test on every path this family has
 
 if native.AVAILABLE:
     from minillm.kernels.native import quant as native_quant
 
-from kernel_parity import simd_path  # noqa: E402,F401 (a fixture)
+from kernel_parity import family, simd_path, special_arrays  # noqa: E402,F401 (simd_path is a fixture)
 
 ROWS = st.one_of(st.integers(1, 9), st.sampled_from([63, 64, 65, 130]))
 GROUPS = st.integers(1, 12)
@@ -57,6 +58,7 @@ def test_int4_packing_is_llama_cpp_order():
     np.testing.assert_array_equal(unpack_int4(packed), values)
 
 
+@family("quantize_activations")
 @given(M=ROWS, K=st.integers(1, 200), seed=SEEDS, zero_group=st.booleans())
 def test_native_activation_quantization_is_bitwise_the_reference(simd_path, M, K, seed, zero_group):
     x = np.random.default_rng(seed).standard_normal((M, K)).astype(np.float32) * 3
@@ -64,6 +66,16 @@ def test_native_activation_quantization_is_bitwise_the_reference(simd_path, M, K
         x[:, :GROUP] = 0.0                                             # d = 0 must give q = 0, not NaN
     for got, want in zip(native_quant.quantize_activations(x), reference.quantize_activations(x)):
         np.testing.assert_array_equal(got, want)
+
+
+def weight_magnitude(scheme, qw):
+    """|W| per value as the kernels sum it: |q d|, plus |m| for q4_1 (its min term is added separately
+    and may cancel against the scaled integer sum)."""
+    w = np.abs(reference.dequantize_weights(scheme, **qw))
+    if scheme == "q4_1":
+        w = np.abs(reference.dequantize_weights(scheme, qw["q"], qw["scale"], np.zeros_like(qw["min"])))
+        w += np.repeat(np.abs(qw["min"]), GROUP, axis=1)
+    return w.astype(np.float64)
 
 
 def integer_operands(rng, scheme, M, N, K):
@@ -103,7 +115,7 @@ def test_native_quant_matmul_equals_reference(simd_path, scheme, M, N, groups, t
     want = reference.quant_matmul(x, scheme, **qw, bias=b)
     got = native_quant.quant_matmul(x, scheme, **qw, bias=b)
     # same integer sums; only the float sum over K / 32 scaled groups is ordered differently
-    magnitude = np.abs(x) @ np.abs(reference.dequantize_weights(scheme, **qw)).T + (np.abs(b) if bias else 0)
+    magnitude = np.abs(x) @ weight_magnitude(scheme, qw).T + (np.abs(b) if bias else 0)
     np.testing.assert_array_less(np.abs(got - want), 1e-5 * magnitude + 1e-6)
 
 
@@ -121,6 +133,55 @@ def test_quant_matmul_approximates_the_float_product(scheme, M, N, seed):
     bound = np.abs(x) @ np.abs(w - wq).T + x_err @ np.abs(wq).T
     got = native_quant.quant_matmul(x, scheme, **qw)
     assert np.all(np.abs(got - x @ w.T) <= bound * (1 + 1e-4) + 1e-4)
+
+
+@family("quantize_activations")
+@given(data=st.data(), M=st.integers(1, 5), K=st.integers(1, 100))
+def test_activation_quantization_of_nan_inf_and_denormals_is_the_reference(simd_path, data, M, K):
+    """Bit for bit on inputs with NaN, +-inf, denormals and +-3e38: a group holding NaN or inf gives
+    xq = 0 and xd = xs = NaN; denormals keep their sign."""
+    x = data.draw(special_arrays((M, K)))
+    got, want = native_quant.quantize_activations(x), reference.quantize_activations(x)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)                       # NaN == NaN for assert_array_equal
+    xq, xd, _ = want
+    G = xd.shape[1]
+    for g in range(G):
+        group = x[:, g * GROUP:(g + 1) * GROUP]
+        assert np.array_equal(np.isnan(xd[:, g]), ~np.isfinite(group).all(axis=1))
+        tiny = np.isfinite(group).all(axis=1, keepdims=True) & (np.abs(group).max(axis=1, keepdims=True) < 1e-37)
+        q = xq[:, g * GROUP:(g + 1) * GROUP]
+        assert np.all(np.sign(q[np.broadcast_to(tiny, q.shape)]) * np.sign(group[np.broadcast_to(tiny, q.shape)]) >= 0)
+
+
+@pytest.mark.parametrize("values", [[1e-40, -3e-41, 2e-44, -1.4e-45], [2e-44, -1.4e-45, 7e-45, 0.0]])
+def test_denormal_activations_keep_their_sign_and_size(values):
+    """Within half a step of the original, the step d >= 2^-149, and no sign flipped."""
+    x = np.zeros((1, 32), np.float32)
+    x[0, :4] = values
+    for impl in (reference, native_quant):
+        xq, xd, _ = impl.quantize_activations(x)
+        d = np.float64(xd[0, 0])
+        assert d >= 2.0 ** -149
+        assert np.all(np.abs(xq[0].astype(np.float64) * d - x[0]) <= d / 2 + 2.0 ** -149)
+        assert np.all(np.sign(xq[0]) * np.sign(x[0]) >= 0) and xq[0, 0] != 0
+
+
+@given(data=st.data(), scheme=st.sampled_from(SCHEMES), M=st.integers(1, 7), N=st.integers(1, 20),
+       groups=st.integers(1, 4), seed=SEEDS)
+def test_quant_matmul_propagates_nan_like_the_reference(simd_path, data, scheme, M, N, groups, seed):
+    """A row of x with NaN or inf in any group gives a row of NaN, in both implementations; rows whose
+    sums cannot overflow float32 agree to float rounding, whatever denormals or zeros they hold."""
+    K = groups * GROUP
+    x = data.draw(special_arrays((M, K)))
+    qw = reference.quantize_weights(np.random.default_rng(seed).standard_normal((N, K)).astype(np.float32), scheme)
+    want, got = reference.quant_matmul(x, scheme, **qw), native_quant.quant_matmul(x, scheme, **qw)
+    poisoned = ~np.isfinite(x).all(axis=1)
+    assert np.isnan(want[poisoned]).all() and np.isnan(got[poisoned]).all()
+    magnitude = np.abs(np.nan_to_num(x, posinf=0, neginf=0)).astype(np.float64) @ weight_magnitude(scheme, qw).T
+    safe = ~poisoned[:, None] & (magnitude < 1e36)
+    assert np.isfinite(got[safe]).all()
+    np.testing.assert_array_less(np.abs(got[safe] - want[safe]), 1e-5 * magnitude[safe] + 1e-30)
 
 
 @pytest.mark.parametrize("scheme", ["q8_0", "q4_0", "q4_1"])

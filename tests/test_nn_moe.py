@@ -103,6 +103,97 @@ def test_capacity_drops_exactly_the_latest_assignments():
     assert route(idx, 2, None)["kept"].sum() == 8
 
 
+def route_by_definition(idx, n_experts, capacity):
+    """{expert: sorted kept tokens}: every token's first choice queues before any second choice,
+    earlier tokens first, and an expert keeps the first `capacity` assignments of its queue."""
+    N, k = idx.shape
+    queue = [(t, r) for r in range(k) for t in range(N)]
+    kept = {}
+    for e in range(n_experts):
+        mine = [(t, r) for t, r in queue if idx[t, r] == e][:capacity]
+        if mine:
+            kept[e] = sorted(mine)
+    return kept
+
+
+@pytest.mark.parametrize("k, capacity", [(1, 9), (2, 13), (2, 40), (3, 5)])
+def test_routing_keeps_the_assignments_its_queue_order_says(k, capacity):
+    # many tokens and few experts: the grouping sort sees long runs of ties, where an unstable
+    # sort would reorder the queue
+    rng = np.random.default_rng(k)
+    E, N = 4, 60
+    idx = np.stack([rng.permutation(E)[:k] for _ in range(N)])            # (N, k) distinct per row
+    r = route(idx, E, capacity)
+    expected = route_by_definition(idx, E, capacity)
+    assert {e: sorted(zip(t.tolist(), rk.tolist())) for e, (t, rk) in r["plan"].items()} == expected
+    for tokens, _ in r["plan"].values():
+        assert (np.diff(tokens) > 0).all()                                # in token order
+    np.testing.assert_array_equal(r["routed"], np.bincount(idx.reshape(-1), minlength=E))
+    np.testing.assert_array_equal(r["kept"], [len(expected.get(e, [])) for e in range(E)])
+
+
+def test_top_k_ties_go_to_the_lower_expert_index():
+    probs = np.full((3, 40), 0.02)
+    probs[:, 7] = 0.1
+    probs[1, 30] = 0.1
+    np.testing.assert_array_equal(top_k_experts(probs, 3), [[7, 0, 1], [7, 30, 0], [7, 0, 1]])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_stats_and_losses_are_those_of_their_definitions(k):
+    moe, rng = make_moe(4, 3, 5, k, capacity_factor=None)
+    x = rng.standard_normal((2, 7, 4))
+    moe(x)
+    xs = x.reshape(-1, 4)
+    logits = moe.router(xs).data
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    f = np.bincount(idx.reshape(-1), minlength=5) / (14 * k)
+    np.testing.assert_allclose(moe.stats["load"], f, rtol=1e-12)
+    assert moe.stats["aux_loss"] == pytest.approx(5 * np.sum(f * p.mean(0)), rel=1e-12)
+    lse = np.log(np.exp(logits).sum(1))
+    assert moe.stats["z_loss"] == pytest.approx(np.mean(lse ** 2), rel=1e-12) == float(moe.z_loss.data)
+    assert moe.stats["aux_loss"] == float(moe.aux_loss.data) and moe.stats["dropped"] == 0.0
+
+
+def test_construction_defaults_and_reproducibility():
+    moe = nn.MoE(8, 12, 4)
+    assert (moe.top_k, moe.capacity_factor, moe.renormalize_gates) == (2, 1.25, True)
+    assert moe.stats is None and moe.aux_loss is None and moe.z_loss is None      # nothing before a forward
+    assert nn.MoE(8, 12, 4, activation="gelu").num_parameters() == 4 * (2 * 8 * 12 + 12 + 8) + 4 * 8   # biases
+    big = nn.MoE(64, 64, 4, rng=np.random.default_rng(0))
+    assert np.std(np.concatenate([p.data.ravel() for p in big.parameters()])) == pytest.approx(0.02, rel=0.05)
+    for activation in ("swiglu", "gelu"):
+        a, b = (nn.MoE(8, 6, 3, activation=activation, init_std=0.5, rng=np.random.default_rng(1), dtype=np.float64)
+                for _ in range(2))
+        weights = [p.data for n, p in a.named_parameters() if not n.endswith("bias")]
+        assert np.std(np.concatenate([w.ravel() for w in weights])) == pytest.approx(0.5, rel=0.1)
+        assert all(p.dtype == np.float64 for p in a.parameters())
+        for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+            np.testing.assert_array_equal(p.data, q.data, err_msg=n)      # the same rng: the same layer
+
+
+@pytest.mark.parametrize("N, E, k, cf", [(5, 4, 1, 1.0), (6, 4, 1, 1.25), (3, 4, 1, 1.0), (9, 4, 1, 0.5),
+                                         (7, 3, 2, 1.0), (5, 4, 2, 0.75), (10, 4, 2, 0.25), (8, 4, 1, 1.0),
+                                         (6, 4, 2, 1.0)])
+def test_an_expert_takes_ceil_of_cf_k_n_over_e_tokens_when_that_is_fractional(N, E, k, cf):
+    # every token chooses experts 0..k-1, so each of them is offered N assignments and keeps its
+    # capacity, ceil(cf * k * N / E) (exact here: the factors are binary fractions), earliest first
+    capacity = -(-int(cf * 4) * k * N // (4 * E))                # ceil of the exact rational
+    assert capacity == math.ceil(cf * k * N / E)
+    assert capacity_of(N, E, k, cf) == capacity
+    moe, rng = make_moe(4, 3, E, k, capacity_factor=cf)
+    x = rng.standard_normal((N, 4))
+    routing = np.tile(np.arange(k), (N, 1))                      # (N, k)
+    y = moe(x, routing=routing).data
+    kept = min(N, capacity)
+    assert moe.stats["dropped"] == pytest.approx(1 - kept / N)
+    assert (np.abs(y[:kept]).max(axis=1) > 0).all() and not y[kept:].any()   # the latest tokens get zero
+    moe.eval()                                                   # no capacity when not training
+    assert not (moe(x, routing=routing).data == 0).all(axis=1).any() and moe.stats["dropped"] == 0
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_dropped_tokens_get_zero_from_the_ffn(k):
     moe, rng = make_moe(4, 6, 4, k, capacity_factor=0.5)
@@ -203,7 +294,16 @@ def test_bad_arguments_name_the_problem():
         nn.MoE(4, 4, 2, top_k=3)
     with pytest.raises(ValueError, match="capacity_factor must be > 0"):
         nn.MoE(4, 4, 2, capacity_factor=0)
+    for n_experts in (0, 2.0):
+        with pytest.raises(ValueError, match=f"n_experts must be a positive int, got {n_experts!r}"):
+            nn.MoE(4, 4, n_experts)
+    with pytest.raises(ValueError, match="activation must be 'swiglu' or 'gelu', got 'relu'"):
+        nn.MoE(4, 4, 2, activation="relu")
     moe = nn.MoE(4, 4, 2)
+    x3 = Tensor(np.zeros((3, 4), dtype=np.float32))
     with pytest.raises(ValueError, match=r"routing must be \(3, 2\)"):
-        moe(Tensor(np.zeros((3, 4), dtype=np.float32)), routing=np.zeros((3, 1), dtype=int))
+        moe(x3, routing=np.zeros((3, 1), dtype=int))
+    for bad in (2, -1):                                            # expert ids are in [0, E)
+        with pytest.raises(ValueError, match=r"routing must be \(3, 2\) ints in \[0, 2\)"):
+            moe(x3, routing=np.array([[0, 1], [1, 0], [bad, 0]]))
     assert math.isfinite(float(moe(np.zeros((1, 4), dtype=np.float32)).data.sum()))

@@ -19,6 +19,8 @@ from minillm.nn.quantized import QuantizedEmbedding, QuantizedLinear, QuantizedS
 from minillm.quantize import load_quantized
 from minillm.tokenizers import CharTokenizer
 
+from checkpoint_helpers import committed, read, rewrite
+
 SCHEMES = ["int8", "q8_0", "q4_0", "q4_1"]
 FLAVOURS = {
     "gpt2": dict(),
@@ -134,9 +136,9 @@ def test_float_checkpoint_passed_as_quantized_is_a_clear_error(tmp_path):
     ckpt.save_checkpoint(str(tmp_path), model, CharTokenizer(CHARS), state={"step": 0})
     with pytest.raises(ckpt.CheckpointError, match="is a float checkpoint"):
         load_quantized(str(tmp_path))
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads(read(tmp_path, "config.json"))
     config["quantization"] = {"scheme": "q4_0"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    rewrite(tmp_path, "config.json", config)
     with pytest.raises(ckpt.CheckpointError, match="holds float weights"):
         ckpt.build_model(ckpt.load_checkpoint(str(tmp_path)))
 
@@ -165,8 +167,8 @@ def test_cli_quantize_then_eval_and_generate(tmp_path, capsys):
                                        "--no-progress")
         assert code == 0, stderr
         assert f"to {scheme}" in stdout and "smaller" in stdout
-        assert os.path.getsize(os.path.join(out, "model.safetensors")) < os.path.getsize(
-            os.path.join(src, "model.safetensors")) / 2
+        assert os.path.getsize(os.path.join(committed(out), "model.safetensors")) < os.path.getsize(
+            os.path.join(committed(src), "model.safetensors")) / 2
         code, stdout, stderr = run_cli(capsys, "eval", "--ckpt", out, "--data", str(text), "--no-progress")
         assert code == 0 and json.loads(stdout)["loss"] > 0, stderr
         code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "ABC", "--max-new-tokens", "5",
@@ -182,7 +184,7 @@ def test_cli_quantize_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys)
     src = str(tmp_path / "float")
     ckpt.save_checkpoint(src, tiny_model("gpt2"), CharTokenizer(CHARS), state={"step": 0})
     assert run_cli(capsys, "quantize", "--ckpt", src, "--scheme", "q8_0", "--out", str(tmp_path / "q"))[0] == 0
-    before = open(tmp_path / "q" / "model.safetensors", "rb").read()
+    before = read(tmp_path / "q", "model.safetensors")
     cases = [
         (("--ckpt", str(tmp_path / "q"), "--scheme", "q4_0", "--out", str(tmp_path / "qq")), "already quantized"),
         (("--ckpt", src, "--scheme", "q4_0", "--out", str(tmp_path / "q")), "already holds a checkpoint"),
@@ -192,7 +194,7 @@ def test_cli_quantize_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys)
     for args, message in cases:
         code, _, stderr = run_cli(capsys, "quantize", *args)
         assert code == 2 and message in stderr and stderr.count("\n") == 1, (args, stderr)
-    assert open(tmp_path / "q" / "model.safetensors", "rb").read() == before
+    assert read(tmp_path / "q", "model.safetensors") == before
     assert not os.path.exists(tmp_path / "qq")
 
 

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from minillm.cli import main
+from minillm.tokenizers import load
 
 HERE = os.path.dirname(__file__)
 CORPUS = os.path.join(HERE, "data", "tinyshakespeare_head.txt")
@@ -45,7 +46,7 @@ def test_errors_exit_1_with_a_message(tmp_path, capsys):
     assert "smaller than the 256 byte tokens" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", str(tmp_path / "missing.txt"),
                  "--out", out]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     assert main(["tokenizer", "train", "--vocab-size", "300", "--input", CORPUS, "--out", out, "--no-progress"]) == 0
     assert main(["tokenizer", "encode", "--tokenizer", out, "--text", "a <|endoftext|>"]) == 2
     assert "not allowed" in capsys.readouterr().err
@@ -64,3 +65,37 @@ def test_train_shows_a_progress_bar_on_stderr(kind, tmp_path, capsys):
 def test_tokenizer_without_an_action_prints_help_and_exits_2(capsys):
     assert main(["tokenizer"]) == 2
     assert "encode" in capsys.readouterr().out
+
+
+def exit_code(args):
+    try:
+        return main(args)
+    except SystemExit as stop:             # argparse's own usage errors
+        return stop.code
+
+
+def test_flags_do_what_they_say(tmp_path, capsys):
+    wp = str(tmp_path / "wp")
+    assert main(["tokenizer", "train", "--kind", "wordpiece", "--vocab-size", "300", "--input", CORPUS, "--out", wp,
+                 "--cased", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tokenizer", wp, "--text", "First Citizen", "--format", "tokens"]) == 0
+    tokens = json.loads(capsys.readouterr().out)
+    assert "".join(t.replace("##", "") for t in tokens) == "FirstCitizen"   # --cased keeps the case
+    bpe = str(tmp_path / "bpe")
+    assert main(["tokenizer", "train", "--vocab-size", "300", "--input", CORPUS, "--out", bpe, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tokenizer", bpe, "--text", "a<|endoftext|>", "--allow-special"]) == 0
+    ids = capsys.readouterr().out.split()                                  # the default format: ids
+    eot = load(bpe).special_tokens["<|endoftext|>"]
+    assert ids[-1] == str(eot) and all(i.isdigit() for i in ids)          # <|endoftext|> as its id
+    assert main(["tokenizer", "decode", "--tokenizer", bpe, "--ids", ",".join(ids)]) == 0   # commas too
+    assert capsys.readouterr().out == "a<|endoftext|>\n"
+
+
+@pytest.mark.parametrize("args", [["train", "--input", CORPUS, "--out", "x"], ["train", "--vocab-size", "300",
+                                  "--out", "x"], ["decode", "--ids", "1"], ["decode", "--tokenizer", "x", "--ids", "1",
+                                                                             "--errors", "ignore"]])
+def test_missing_or_bad_arguments_exit_2(args, capsys):
+    assert exit_code(["tokenizer", *args]) == 2
+    assert "error:" in capsys.readouterr().err

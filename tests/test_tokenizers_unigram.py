@@ -1,7 +1,9 @@
 """Unigram (SentencePiece-style): Viterbi and sampling on a hand-built model, round trips up to
 the normalisation with byte fallback, EM training that finds the frequent words, files, errors."""
 import os
+from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -137,3 +139,102 @@ def test_viterbi_on_a_sentencepiece_model_gives_sentencepieces_pieces(tmp_path):
                              if not (sp.is_control(i) or sp.is_unknown(i))])
     for line in lines:
         assert pieces(ours, ours.encode(line)) == sp.encode(line, out_type=str)
+
+
+# ---- Viterbi's tie rule, on the reference and the native lattice ---------------------------------
+# Among the most likely segmentations, the one whose last piece starts earliest (is longest) wins,
+# then the same rule on the rest of the word: edges ending at a position are tried by ascending
+# start and a later one must score strictly more, as in SentencePiece's Viterbi.
+
+LATTICES = [False] + ([True] if _native() is not None else [])
+
+
+def segmentations(tok, word):
+    """Every segmentation of word into pieces (at most max_piece_len characters) and unknown
+    characters (those that are no piece, scored as the byte fallback: the lowest log p - 10), as
+    (sum of log p, starts from the last piece back, tokens with byte tokens for unknowns)."""
+    scores = dict(tok.pieces)
+    unk = min(scores.values()) - 10.0
+
+    def ending_at(e):
+        if e == 0:
+            return [(0.0, (), [])]
+        out = []
+        for s in range(max(0, e - tok.max_piece_len), e):
+            piece = word[s:e]
+            if piece in scores:
+                out += [(sc + scores[piece], (s,) + starts, toks + [piece]) for sc, starts, toks in ending_at(s)]
+        if word[e - 1] not in scores:
+            unknown = [f"<0x{b:02X}>" for b in word[e - 1].encode("utf-8")]
+            out += [(sc + unk, (e - 1,) + starts, toks + unknown) for sc, starts, toks in ending_at(e - 1)]
+        return out
+
+    return ending_at(len(word))
+
+
+def segmentation_by_definition(tok, word):
+    """The most likely segmentation's tokens, ties broken by the rule above."""
+    segs = segmentations(tok, word)
+    best = max(sc for sc, _, _ in segs)
+    return min((starts, toks) for sc, starts, toks in segs if sc == best)[1]
+
+
+@pytest.mark.parametrize("native", LATTICES)
+def test_viterbi_ties_go_to_the_longest_last_piece_worked_by_hand(native):
+    # "▁ab" = -2 ties "▁a" + "b" = -1 + -1
+    tok = UnigramTokenizer([("▁ab", -2.0), ("▁a", -1.0), ("b", -1.0), ("▁", -5.0), ("a", -5.0)], use_native=native)
+    assert pieces(tok, tok.encode("ab")) == ["▁ab"]
+    assert pieces(tok, tok.encode("abab")) == ["▁ab", "a", "b"] == segmentation_by_definition(tok, "▁abab")
+    # "x" is no piece: "ax" = -5 ties "a" + the unknown "x" = 10 + (-5 - 10)
+    tok = UnigramTokenizer([("▁", -1.0), ("a", 10.0), ("ax", -5.0)], use_native=native)
+    assert pieces(tok, tok.encode("ax")) == ["▁", "ax"]
+
+
+@st.composite
+def word_and_vocab(draw):
+    """A word and a vocabulary of its substrings (and a few others) with small integer log-probabilities."""
+    word = "▁" + draw(st.text("abc", min_size=1, max_size=7))
+    substrings = sorted({word[s:e] for s in range(len(word)) for e in range(s + 1, min(len(word), s + 4) + 1)})
+    chosen = draw(st.lists(st.sampled_from(substrings + ["c", "ba", "▁c"]), min_size=1, max_size=16, unique=True))
+    return word[1:], [(p, float(draw(st.integers(-4, -1)))) for p in chosen]
+
+
+@pytest.mark.parametrize("native", LATTICES)
+@given(word_and_vocab(), st.integers(1, 4))
+def test_viterbi_is_the_best_segmentation_with_its_tie_rule(native, word_and_vocab, max_piece_len):
+    # integer log-probabilities: sums are exact, so ties are real ties, and there are many
+    word, vocab = word_and_vocab
+    tok = UnigramTokenizer(vocab, max_piece_len=max_piece_len, use_native=native)
+    assert pieces(tok, tok.encode(word)) == segmentation_by_definition(tok, "▁" + word)
+
+
+@pytest.mark.parametrize("word, alpha", [("abc", 0.5), ("abx", 0.3), ("cab", 1.0)])
+def test_sampling_draws_each_segmentation_with_probability_p_to_the_alpha(hand, word, alpha):
+    segs = segmentations(hand, "▁" + word)                  # "x" is no piece: it is always its byte
+    weights = np.exp(alpha * np.array([sc for sc, _, _ in segs]))
+    expected = dict(zip((tuple(t) for _, _, t in segs), weights / weights.sum()))
+    n = 3000
+    drawn = Counter(tuple(pieces(hand, hand.encode_sample(word, alpha=alpha, seed=s))) for s in range(n))
+    assert set(drawn) <= set(expected)
+    for toks, p in expected.items():
+        assert drawn[toks] / n == pytest.approx(p, abs=0.03), toks
+
+
+def test_special_token_ids_decode_to_their_text(hand):
+    assert hand.decode([1, 3 + 256, 2]) == "<s> ab</s>"
+    assert hand.decode(np.array([0, 3 + 256])) == "<unk> ab"            # NumPy ints are ids too
+
+
+def test_training_sizes_and_special_tokens(trained):
+    assert trained.vocab_size == 3 + 256 + 300                          # the corpus has enough pieces
+    one = UnigramTokenizer.train("hello world " * 10, 1 + 256 + 10, special_tokens="<pad>")
+    assert one.special_tokens == {"<pad>": 0} and one.vocab_size <= 1 + 256 + 10
+    with pytest.raises(ValueError, match=r"use vocab_size >= 260"):
+        UnigramTokenizer.train(CORPUS, 259)
+
+
+def test_training_seeds_with_the_most_frequent_substrings_first():
+    # a seed list of 12 holds only the top substrings by frequency * length: the two words among them
+    text = "hello world " * 40 + "help held hollow whirl "
+    tok = UnigramTokenizer.train(text, 3 + 256 + 20, seed_size=12)
+    assert pieces(tok, tok.encode("hello world")) == ["▁hello", "▁world"]

@@ -14,6 +14,8 @@ from minillm.optim import AdamW, clip_grad_norm, cosine_lr
 from minillm.tokenizers import CharTokenizer, load
 from minillm.train import TrainConfig, Trainer
 
+from checkpoint_helpers import as_old_flat_layout, committed, read, rewrite
+
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
 
@@ -62,10 +64,11 @@ def test_a_char_tokenizer_is_saved_like_any_other_and_old_checkpoints_still_load
     out = tmp_path / "old"
     trainer = make_trainer(out, data_file, max_iters=1)
     trainer.run()
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads(read(out, "config.json"))
     assert config["tokenizer"] == {"kind": "char", "path": "tokenizer"}
-    assert load(str(out / "tokenizer")).chars == trainer.tokenizer.chars
-    # a checkpoint written before char tokenizers had files: the characters inline in config.json
+    assert load(os.path.join(committed(out), "tokenizer")).chars == trainer.tokenizer.chars
+    # a checkpoint written before char tokenizers had files: flat, the characters inline in config.json
+    as_old_flat_layout(out)
     config["tokenizer"] = {"kind": "char", "chars": "".join(trainer.tokenizer.chars)}
     (out / "config.json").write_text(json.dumps(config))
     shutil.rmtree(out / "tokenizer")
@@ -81,12 +84,12 @@ def test_a_char_tokenizer_is_saved_like_any_other_and_old_checkpoints_still_load
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, data_file):
     out = tmp_path / "nan"
     make_trainer(out, data_file, max_iters=3).run()
-    before = {name: (out / name).read_bytes() for name in ("model.safetensors", "state.json")}
+    before = {name: read(out, name) for name in ("model.safetensors", "state.json")}
     trainer = make_trainer(out, data_file, resume=True, max_iters=9)
     trainer.model.wte.weight.data[:] = np.nan
     with pytest.raises(RuntimeError, match="the loss became nan at step 3.*left as it was"):
         trainer.run()
-    assert {name: (out / name).read_bytes() for name in before} == before
+    assert {name: read(out, name) for name in before} == before
 
 
 def test_corrupt_or_missing_checkpoints_are_reported(tmp_path, data_file):
@@ -94,12 +97,13 @@ def test_corrupt_or_missing_checkpoints_are_reported(tmp_path, data_file):
     make_trainer(out, data_file, max_iters=1).run()
     with pytest.raises(ckpt.CheckpointError, match="does not exist"):
         ckpt.load_checkpoint(str(tmp_path / "nothing"))
-    raw = bytearray((out / "model.safetensors").read_bytes())
+    raw = bytearray(read(out, "model.safetensors"))
     raw[-1] ^= 0xFF
-    (out / "model.safetensors").write_bytes(bytes(raw))
+    with open(os.path.join(committed(out), "model.safetensors"), "wb") as f:
+        f.write(bytes(raw))
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
         ckpt.load_checkpoint(str(out))
-    (out / "model.safetensors").unlink()
+    os.remove(os.path.join(committed(out), "model.safetensors"))
     with pytest.raises(ckpt.CheckpointError, match="missing"):
         ckpt.load_checkpoint(str(out))
 
@@ -107,9 +111,9 @@ def test_corrupt_or_missing_checkpoints_are_reported(tmp_path, data_file):
 def test_config_that_does_not_match_the_weights_is_reported(tmp_path, data_file):
     out = tmp_path / "e"
     make_trainer(out, data_file, max_iters=1).run()
-    config = json.loads((out / "config.json").read_text())
-    config["model"]["n_embd"] = 32
-    (out / "config.json").write_text(json.dumps(config))
+    config = json.loads(read(out, "config.json"))
+    config["model"]["bias"] = False                      # the weights have biases
+    rewrite(out, "config.json", config)
     with pytest.raises(ckpt.CheckpointError, match="do not match its config"):
         ckpt.build_model(ckpt.load_checkpoint(str(out)))
 
@@ -197,7 +201,7 @@ def test_cli_train_generate_eval(tmp_path, data_file, tiny_config, capsys):
 def test_cli_bad_input_exits_2_with_one_line_and_overwrites_nothing(tmp_path, data_file, tiny_config, capsys):
     out = str(tmp_path / "cli")
     assert run_cli(capsys, "train", "--config", tiny_config, "--data", data_file, "--out", out, "--no-progress")[0] == 0
-    snapshot = {n: open(os.path.join(out, n), "rb").read() for n in ("model.safetensors", "state.json")}
+    snapshot = {n: read(out, n) for n in ("model.safetensors", "state.json")}
 
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe")
@@ -216,7 +220,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_overwrites_nothing(tmp_path, da
         code, stdout, stderr = run_cli(capsys, *args)
         assert code == 2, (args, stderr)
         assert message in stderr and stderr.count("\n") == 1, (args, stderr)
-    assert {n: open(os.path.join(out, n), "rb").read() for n in snapshot} == snapshot
+    assert {n: read(out, n) for n in snapshot} == snapshot
     assert not os.path.exists(tmp_path / "x" / "state.json")
 
 
@@ -226,7 +230,7 @@ def test_cli_trains_with_a_bpe_tokenizer_and_generates_from_it(tmp_path, data_fi
                                    "--no-progress", "--tokenizer", "bpe", "--tokenizer-vocab-size", "300",
                                    "--max-iters", "2")
     assert code == 0, stderr
-    config = json.load(open(os.path.join(out, "config.json")))
+    config = json.loads(read(out, "config.json"))
     assert config["tokenizer"] == {"kind": "bpe", "path": "tokenizer"}
     assert config["model"]["vocab_size"] == 300
     code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "To be", "--max-new-tokens", "5",
@@ -272,7 +276,7 @@ def test_cli_trains_an_moe_model_with_and_without_balancing(tmp_path, data_file,
         assert code == 0, stderr
         assert "expert load" in stdout and "block 0:" in stdout
         assert os.path.exists(os.path.join(out, "expert_load.png"))
-        assert json.load(open(os.path.join(out, "config.json")))["model"]["aux_loss_coef"] == float(coef)
+        assert json.loads(read(out, "config.json"))["model"]["aux_loss_coef"] == float(coef)
     code, stdout, stderr = run_cli(capsys, "generate", "--ckpt", out, "--prompt", "To be", "--max-new-tokens", "5",
                                    "--seed", "1", "--no-stream")
     assert code == 0 and stdout.startswith("To be"), stderr

@@ -41,9 +41,9 @@ def test_bert_trains_with_mlm_evaluates_and_resumes(tmp_path, corpus, capsys):
     result = json.loads(stdout)
     assert code == 0 and result["masked_tokens"] > 0 and 0 <= result["masked_accuracy"] <= 1
     assert result["loss"] > 0
-    code, _, err = run(capsys, "train", *common, "--max-iters", "6", "--resume")
+    code, _, err = run(capsys, "train", "--data", corpus, "--out", out, "--no-progress", "--max-iters", "6", "--resume")
     assert code == 0, err
-    assert json.load(open(f"{out}/state.json"))["step"] == 6
+    assert ckpt.load_checkpoint(out)["state"]["step"] == 6
     code, _, err = run(capsys, "generate", "--ckpt", out, "--prompt", "to be")
     assert code == 2 and "encoder-only" in err
     code, stdout, err = run(capsys, "embed", "--model", out, "--text", "to be", "--text", "or not", "--similarity")

@@ -7,8 +7,8 @@ Three ways a rank can fail while the others wait for it in a collective:
     within about a second (mpiexec's default clean-up), printing which process ended how;
   - it hangs (a stuck file system, a lost node): the communicator's watchdog (watchdog.py) aborts
     every rank once one has waited --comm-timeout seconds in one collective.
-Checkpoints are written by rank 0 alone, each file to a temporary name renamed into place, so a
-run stopped by any of these leaves the last checkpoint as it was.
+Checkpoints are written by rank 0 alone, as one atomic commit (minillm/checkpoint.py), so a run
+stopped by any of these, at any instant, leaves the last checkpoint or the new one, whole.
 
 MINILLM_FAULT injects each case for tests, on one rank at the start of one step:
 "raise:<rank>:<step>" raises a RuntimeError; "exit:<rank>:<step>" makes the rank vanish (os._exit,

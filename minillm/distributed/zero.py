@@ -14,7 +14,8 @@ parameter vector (FlatLayout.shard: about 1/N of it). Each step:
 
 Reduce-scatter + all-gather move the same bytes as one all-reduce, so sharding costs no extra
 communication. state_dict() gathers the moments onto rank 0 in exactly the format AdamW saves
-("<name>.m", "<name>.v" for each parameter that has had a gradient), so a sharded run resumes in
+("<name>.m", "<name>.v", "<name>.step" for each parameter that has had a gradient; the step
+counts are kept per parameter, as AdamW keeps them, on every rank), so a sharded run resumes in
 one process, and load_state_dict() takes that format from any run.
 """
 import math
@@ -42,6 +43,7 @@ class ZeroAdamW:
         self.m = np.zeros(self.stop - self.start, self.layout.dtype)
         self.v = np.zeros_like(self.m)
         self.seen = np.zeros(len(self.layout.params), bool)              # has had a gradient: has state
+        self.counts = np.zeros(len(self.layout.params), np.int64)        # AdamW's t of each parameter
         if adamw.state:
             self.load_state_dict(adamw.state_dict())
 
@@ -71,14 +73,15 @@ class ZeroAdamW:
         """AdamW on this rank's slice (see minillm.optim.AdamW for the formula), then all-gather."""
         self.step_count += 1
         b1, b2 = self.betas
-        t = self.step_count
-        step_size = self.lr / (1 - b1 ** t)
-        bias2 = math.sqrt(1 - b2 ** t)
         flat = self.sync.flat          # the reduced gradients are in shard_grad; reuse it for the gather
         self.seen |= self.sync.present
+        self.counts += self.sync.present               # t counts the steps each parameter had a gradient
         for i, lo, hi in self.segments:
             p = _flat_view(self.layout.params[i].data, self.layout.names[i])[lo:hi]
             if self.sync.present[i]:
+                t = int(self.counts[i])
+                step_size = self.lr / (1 - b1 ** t)
+                bias2 = math.sqrt(1 - b2 ** t)
                 here = self._local(i, lo, hi)
                 m, v, grad = self.m[here], self.v[here], self.sync.shard_grad[here]
                 m *= b1
@@ -110,6 +113,10 @@ class ZeroAdamW:
                 for i, name in enumerate(self.layout.names):
                     if self.seen[i]:
                         full[f"{name}.{slot}"] = self.layout.view(gathered, i).copy()
+        if self.comm.rank == 0:
+            for i, name in enumerate(self.layout.names):
+                if self.seen[i]:
+                    full[f"{name}.step"] = np.array([self.counts[i]], dtype=np.int64)
         return {"step": self.step_count, "state": full} if self.comm.rank == 0 else None
 
     def load_state_dict(self, state):
@@ -122,9 +129,12 @@ class ZeroAdamW:
         self.m[...] = 0
         self.v[...] = 0
         self.seen[...] = False
+        self.counts[...] = 0
         for i, name in enumerate(self.layout.names):
             if f"{name}.m" in state["state"]:
                 self.seen[i] = True
+                saved = state["state"].get(f"{name}.step")       # none in a state from before per-parameter t
+                self.counts[i] = int(np.asarray(saved).reshape(-1)[0]) if saved is not None else self.step_count
         for i, lo, hi in self.segments:
             name = self.layout.names[i]
             for slot, local in (("m", self.m), ("v", self.v)):

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from ..config import config_from_dict
 from .decoder import DecoderLM, ModelConfig
 from .encoder import EncoderConfig, EncoderModel
 from .encoder_decoder import EncoderDecoderModel, Seq2SeqConfig
@@ -29,13 +30,16 @@ def family_of(config):
     return getattr(config, "family", "decoder")
 
 
-def model_config_from_dict(values):
-    """The config of the family values["family"] names (default "decoder": a ModelConfig)."""
+def model_config_from_dict(values, where=None):
+    """The config of the family values["family"] names (default "decoder": a ModelConfig); where
+    (e.g. "config file 'my.json': model") starts any error message."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'model config'}: expected a dict of settings, got {type(values).__name__}")
     family = family_of(values)
     values = dict(values)
     if family == "decoder":
         values.pop("family", None)
-    return FAMILIES[family][0].from_dict(values)
+    return config_from_dict(FAMILIES[family][0], values, where)
 
 
 def build_model(config, rng=None, dtype=np.float32):

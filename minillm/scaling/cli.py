@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from ..config import existing_file, output_directory, positive_float, positive_int, seed_int, thread_count
+
 
 def add_parser(sub):
     """Register the `scaling` command on the subparsers of the top-level parser."""
@@ -21,26 +23,26 @@ def add_parser(sub):
 
     p = ssub.add_parser("count", help="parameters (total, non-embedding, active) and FLOPs per token of a config")
     p.add_argument("--preset", help="a named preset (default shakespeare-char)")
-    p.add_argument("--config", help="a JSON file: a 'model' section, or the model config itself")
-    p.add_argument("--vocab-size", type=int, help="when the config leaves it to the tokenizer (default: the "
+    p.add_argument("--config", type=existing_file, help="a JSON file: a 'model' section, or the model config itself")
+    p.add_argument("--vocab-size", type=positive_int, help="when the config leaves it to the tokenizer (default: the "
                    "built-in corpus's characters)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_count)
 
     p = ssub.add_parser("sweep", help="train a grid of small models, fit both laws, plot")
-    p.add_argument("--out", required=True, metavar="DIR", help="results.jsonl, fit.json and the plots go here")
+    p.add_argument("--out", required=True, type=output_directory, metavar="DIR", help="results.jsonl, fit.json and the plots go here")
     p.add_argument("--grid", choices=["quick", "default"], default="default",
                    help="quick: seconds; default: 5 sizes x 4 token budgets, ~15 min on 2 quiet cores")
     p.add_argument("--sizes", help="model sizes instead of the grid's: LAYERSxWIDTH[xHEADS],... e.g. 2x64,4x128x4")
     p.add_argument("--tokens", help="token budgets instead of the grid's, e.g. 250k,1M,2M")
-    p.add_argument("--block-size", type=int, help="context length (default: the grid's)")
-    p.add_argument("--batch-size", type=int, help="sequences per step (default: the grid's)")
-    p.add_argument("--eval-tokens", type=int, help="validation tokens each run is scored on (default: the grid's)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--data", help="UTF-8 text to train on (default: the built-in tiny Shakespeare)")
-    p.add_argument("--threads", type=int, help="OpenMP threads")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    p.add_argument("--block-size", type=positive_int, help="context length (default: the grid's)")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the grid's)")
+    p.add_argument("--eval-tokens", type=positive_int, help="validation tokens each run is scored on (default: the grid's)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=1337)
+    p.add_argument("--data", type=existing_file, help="UTF-8 text to train on (default: the built-in tiny Shakespeare)")
+    p.add_argument("--threads", type=thread_count, help="OpenMP threads")
+    p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples for the intervals (default 200)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and the estimated duration, train nothing")
     p.add_argument("--no-peak", action="store_true", help="do not measure the matmul peak (no MFU in the records)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint in DIR/runs/")
@@ -49,18 +51,19 @@ def add_parser(sub):
     p.set_defaults(run=cmd_sweep)
 
     p = ssub.add_parser("fit", help="fit both laws to a results.jsonl (writes fit.json beside it)")
-    p.add_argument("--results", required=True, metavar="FILE")
-    p.add_argument("--out", metavar="DIR", help="where fit.json and the plots go (default: beside --results)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    p.add_argument("--results", required=True, type=existing_file, metavar="FILE")
+    p.add_argument("--out", type=output_directory, metavar="DIR", help="where fit.json and the plots go (default: "
+                   "beside --results)")
+    p.add_argument("--n-boot", type=positive_int, default=200, help="bootstrap resamples for the intervals (default 200)")
     p.add_argument("--no-scipy", action="store_true", help="use the NumPy BFGS even when scipy is installed")
     p.add_argument("--plot", action="store_true", help="write the PNG plots (needs matplotlib)")
     p.set_defaults(run=cmd_fit)
 
     p = ssub.add_parser("plan", help="the compute-optimal model size and token count, and the predicted loss")
-    p.add_argument("--flops", type=float, help="training compute C in FLOPs (C = 6 N D)")
-    p.add_argument("--params", type=float, help="model size N: alone, the compute-optimal run for N; with --flops, "
+    p.add_argument("--flops", type=positive_float, help="training compute C in FLOPs (C = 6 N D)")
+    p.add_argument("--params", type=positive_float, help="model size N: alone, the compute-optimal run for N; with --flops, "
                    "D = C / 6N")
-    p.add_argument("--tokens", type=float, help="training tokens D: alone, the compute-optimal run for D; with "
+    p.add_argument("--tokens", type=positive_float, help="training tokens D: alone, the compute-optimal run for D; with "
                    "--flops, N = C / 6D")
     p.add_argument("--law", default="published", help="'published' (Hoffmann et al. 2022) or a fit.json "
                    "(default %(default)s)")
@@ -72,14 +75,15 @@ def add_parser(sub):
 
 
 def _model_config(args):
-    from ..config import read_config
+    from ..config import check_kind, config_from_dict, read_config
     from ..data import build_tokenizer, read_text
     from ..models import ModelConfig, load_preset
     if args.config and args.preset:
         raise ValueError("scaling count: pass --preset or --config, not both")
+    where = f"config file {args.config!r}" if args.config else "preset"
     if args.config:
         spec = read_config(args.config)
-        model = dict(spec.get("model", spec))
+        model = dict(check_kind(spec.get("model", spec), dict, f"{where}: model"))
         model.pop("description", None)
     else:
         model = dict(load_preset(args.preset or "shakespeare-char")["model"])
@@ -87,7 +91,7 @@ def _model_config(args):
         model["vocab_size"] = args.vocab_size
     if model.get("vocab_size") is None:
         model["vocab_size"] = build_tokenizer("char", read_text()).vocab_size
-    return ModelConfig.from_dict(model)
+    return config_from_dict(ModelConfig, model, f"{where}: model")
 
 
 def cmd_count(args):

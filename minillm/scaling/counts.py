@@ -86,8 +86,15 @@ def count_parameters(config, exclude_embeddings=False, active=False):
     """Exact parameter count of DecoderLM(config); equal to its num_parameters(exclude_embeddings).
 
     active=True: per token, with top_k of the n_experts FFNs in each MoE block (equal to the total
-    for a dense model)."""
-    n = sum(block_params(config, i, active) for i in range(config.n_layer)) + norm_params(config)
+    for a dense model). The encoder families' configs are counted by family_counts.py."""
+    family = getattr(config, "family", "decoder")
+    if family != "decoder":
+        from .family_counts import FAMILY_COUNTS
+        return FAMILY_COUNTS[family](config, exclude_embeddings)
+    n_experts, _, every = _moe(config)
+    n_moe = config.n_layer // every if n_experts > 0 else 0           # blocks i with (i + 1) % every == 0
+    n = (config.n_layer - n_moe) * block_params(config, 0, active) if n_moe < config.n_layer else 0
+    n += n_moe * block_params(config, every - 1, active) + norm_params(config)
     n += head_params(config)
     return n if exclude_embeddings else n + embedding_params(config)
 

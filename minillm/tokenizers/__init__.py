@@ -27,12 +27,26 @@ LOADABLE = {**KINDS, "bpe_merges": MergesBPETokenizer,    # merge-list BPE and .
 def load(path):
     """A tokenizer from a directory written by save(), a tiktoken rank file (*.tiktoken, read as
     byte-level BPE with GPT-2's pattern; a file of 50256 ranks is taken to be GPT-2's and gets
-    <|endoftext|> = 50256), a BERT vocab.txt (read as WordPiece) or a SentencePiece .model file."""
+    <|endoftext|> = 50256), a BERT vocab.txt (read as WordPiece) or a SentencePiece .model file. A
+    file that cannot be read or holds something malformed raises ValueError naming it
+    (FileNotFoundError when it is missing)."""
+    try:
+        return _load(os.fspath(path))
+    except (FileNotFoundError, ValueError):
+        raise
+    except (OSError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+        raise ValueError(f"load: cannot read the tokenizer {os.fspath(path)!r}: {reason}") from None
+
+
+def _load(path):
     if os.path.isdir(path):
         kind = read_meta(path).get("kind")
         if kind not in LOADABLE:
             raise ValueError(f"load: {path} holds an unknown tokenizer kind {kind!r}; known: {sorted(LOADABLE)}")
         return LOADABLE[kind].load(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: {path} does not exist")
     if path.endswith(".tiktoken"):
         ranks = read_tiktoken(path)
         gpt2 = len(ranks) == 50256 and max(ranks.values()) == 50255

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import regex
 
-from ..config import read_config
+from ..config import check_fields, check_kind, read_config
 from ..files import atomic_write, write_json
 
 META = "minillm_tokenizer.json"
@@ -26,12 +26,14 @@ def check_vocab_size(kind, vocab_size):
 
 def read_texts(texts):
     """A corpus as a list of str: one str, or any iterable of str (lines, documents, ...)."""
-    if isinstance(texts, str):
-        return [texts]
-    out = list(texts)
+    out = [texts] if isinstance(texts, str) else list(texts)
     for t in out:
         if not isinstance(t, str):
             raise TypeError(f"train: the corpus must be str or an iterable of str, got an item of type {type(t).__name__}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("train: the corpus holds a lone surrogate; it is not valid Unicode") from None
     return out
 
 
@@ -153,8 +155,46 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_tokens={len(self.special_tokens)})"
 
 
+META_SCHEMA = {"kind": str, "special_tokens": dict, "vocab": str}
+
+
 def read_meta(directory):
+    """minillm_tokenizer.json of a saved tokenizer, its common fields' types checked."""
     path = os.path.join(directory, META)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: {directory} has no {META}; is it a directory written by Tokenizer.save()?")
-    return read_config(path, "tokenizer")
+    meta = check_fields(read_config(path, "tokenizer"), META_SCHEMA, f"tokenizer file {path!r}")
+    for token, i in meta.get("special_tokens", {}).items():
+        check_kind(i, int, f"tokenizer file {path!r}: special_tokens[{token!r}]")
+        if not token or i < 0:
+            raise ValueError(f"tokenizer file {path!r}: special_tokens[{token!r}] must be a non-empty token with an "
+                             f"id >= 0, got {i}")
+    return meta
+
+
+def meta_fields(directory, meta, schema):
+    """meta (read_meta's) with a family's own fields checked against their kinds."""
+    return check_fields(meta, schema, f"tokenizer file {os.path.join(directory, META)!r}")
+
+
+def vocab_file(directory, meta, default):
+    """The path of the vocabulary file meta names: a plain file name in directory, a regular file."""
+    name = meta.get("vocab", default)
+    if os.path.basename(name) != name or name in ("", ".", "..") or "\\" in name:
+        raise ValueError(f"tokenizer file {os.path.join(directory, META)!r}: vocab must be a file name in the "
+                         f"tokenizer's directory, got {name!r:.60}")
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise ValueError(f"tokenizer {directory!r}: its vocabulary file {name!r} is missing or not a regular file")
+    return path
+
+
+def check_unicode(text):
+    """Refuse text holding a lone surrogate (not valid Unicode, so it has no UTF-8), as every
+    tokenizer does, instead of dropping or mangling it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("encode: text is not valid Unicode (it holds a lone surrogate); "
+                         "it cannot be encoded as UTF-8") from None
+    return text

@@ -17,6 +17,7 @@ The functions named *_reference below are the readable definitions; csrc/tokeniz
 same faster, and the tests hold the two equal.
 """
 import base64
+import heapq
 import os
 from collections import Counter
 
@@ -24,7 +25,7 @@ import numpy as np
 import regex
 
 from ..files import atomic_write
-from .base import Tokenizer, check_vocab_size, read_texts
+from .base import Tokenizer, check_vocab_size, meta_fields, read_texts, vocab_file
 
 PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
@@ -61,7 +62,51 @@ def char_classes():
 # ---- the reference algorithms ------------------------------------------------------------
 
 def merge_piece_reference(piece, ranks):
-    """Ids of one pre-token's bytes: join the lowest-ranked adjacent pair until none is a token."""
+    """Ids of one pre-token's bytes: join the lowest-ranked adjacent pair (the leftmost on a tie)
+    until no adjacent pair is a token.
+
+    The parts are a linked list (start offset -> end offset) and the candidate pairs a heap keyed
+    (rank, start of the left part), so each join costs O(log n) instead of a rescan of the whole
+    piece: n log n for a pre-token of n bytes (a 100 KB run without spaces is one pre-token). A
+    heap entry goes stale when either part has changed since it was pushed; it is then skipped.
+    """
+    n = len(piece)
+    if n <= 1:
+        return [ranks[piece]] if n else []
+    end = list(range(1, n + 1))        # end[s]: where the part starting at s ends (parts: piece[s:end[s]])
+    prev = list(range(-1, n - 1))      # prev[s]: start of the part before the one at s (-1: none)
+    heap = []
+
+    def push(s):                       # the pair of the part at s and the part after it, if a token
+        e = end[s]
+        if e < n:
+            rank = ranks.get(piece[s:end[e]])
+            if rank is not None:
+                heapq.heappush(heap, (rank, s, e, end[e]))
+
+    for s in range(n - 1):
+        push(s)
+    while heap:
+        rank, s, e, e2 = heapq.heappop(heap)
+        if end[s] != e or end[e] != e2 or prev[e] != s:     # stale: a part changed since the push
+            continue
+        end[s] = e2                    # join the parts [s, e) and [e, e2)
+        prev[e] = -2                   # e no longer starts a part
+        if e2 < n:
+            prev[e2] = s
+        push(s)
+        if prev[s] >= 0:
+            push(prev[s])
+    ids, s = [], 0
+    while s < n:
+        ids.append(ranks[piece[s:end[s]]])
+        s = end[s]
+    return ids
+
+
+def merge_piece_rescan(piece, ranks):
+    """The same as merge_piece_reference, the plain way: rescan every pair before each join
+    (quadratic in the length of the piece; kept to hold the heap version to it in the tests)."""
     parts = [piece[i:i + 1] for i in range(len(piece))]
     while len(parts) > 1:
         pair_ranks = [ranks.get(parts[i] + parts[i + 1]) for i in range(len(parts) - 1)]
@@ -113,8 +158,13 @@ def merge_ids(ids, a, b, new):
 
 # ---- tiktoken's rank files ----------------------------------------------------------------
 
+MAX_RANK = 1 << 24       # ranks (ids) must be below this: 16.7M, far above any real vocabulary
+
+
 def read_tiktoken(path):
-    """{token bytes: rank} from a tiktoken rank file (one `base64(token) rank` per line)."""
+    """{token bytes: rank} from a tiktoken rank file (one `base64(token) rank` per line). A line
+    that is not that, a rank outside [0, 2**24) or a token given twice raises ValueError naming
+    the line."""
     ranks = {}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -122,10 +172,39 @@ def read_tiktoken(path):
                 continue
             try:
                 token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
+                token, rank = base64.b64decode(token, validate=True), int(rank)
             except ValueError:
                 raise ValueError(f"read_tiktoken: {path}:{n} is not `base64-token rank`: {line[:60]!r}") from None
+            if not 0 <= rank < MAX_RANK:
+                raise ValueError(f"read_tiktoken: {path}:{n}: rank {rank} is out of range [0, {MAX_RANK})")
+            if token in ranks:
+                raise ValueError(f"read_tiktoken: {path}:{n}: token {token!r:.40} is given twice")
+            ranks[token] = rank
     return ranks
+
+
+# a text with every kind of character a pre-tokenizer must keep (letters, digits, punctuation,
+# spaces of every sort, accents, CJK, emoji, apostrophes): a pattern must give it back whole
+PROBE = ("Hello, World! It's 2024: 3.14 + x=y_z-w/v\\u ''s  \t\r\n\n  "
+         "\u00fcml\u00e4ut caf\u00e9 \u4e2d\u6587 \U0001f642\u00a0\u2028 (a)[b]{c} \"q\" #$%&*;<>?@^`|~ \x00\x7f end ")
+
+
+def check_pattern(pattern):
+    """The compiled pre-tokenizer pattern, or ValueError if it is not a regex, has capturing groups
+    (findall would return the groups) or drops text (its pieces must join back to the text)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"BPETokenizer: pattern must be 'gpt2', 'cl100k' or a regex string, got {pattern!r:.60}")
+    try:
+        compiled = regex.compile(pattern)
+    except (regex.error, ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"BPETokenizer: pattern {pattern!r:.60} is not a valid regex: {error}") from None
+    if compiled.groups:
+        raise ValueError(f"BPETokenizer: pattern {pattern!r:.60} has capturing groups; write (?:...) instead")
+    joined = "".join(compiled.findall(PROBE))
+    if joined != PROBE:
+        raise ValueError(f"BPETokenizer: pattern {pattern!r:.60} drops text (its pieces of {PROBE[:20]!r}... do not "
+                         "join back to it); a pre-tokenizer must match every character, as GPT-2's ends in \\s+")
+    return compiled
 
 
 def write_tiktoken(path, ranks):
@@ -148,7 +227,7 @@ class BPETokenizer(Tokenizer):
         self.ranks = dict(ranks)
         self.pattern_name = pattern if pattern in PATTERNS else None
         self.pattern = PATTERNS.get(pattern, pattern)
-        self._split = regex.compile(self.pattern)
+        self._split = check_pattern(self.pattern)
         missing = [b for b in range(256) if bytes([b]) not in self.ranks]
         if missing:
             raise ValueError(f"BPETokenizer: the ranks lack single-byte tokens for {len(missing)} bytes "
@@ -184,8 +263,16 @@ class BPETokenizer(Tokenizer):
         if self._native is not None:
             if self.pattern_name == "gpt2":
                 return self._native.encode_gpt2(text)
-            return self._native.encode_pieces(self._split.findall(text))
+            return self._native.encode_pieces(self._pieces(text))
         return self.encode_reference(text)
+
+    def _pieces(self, text):
+        """The pre-tokens of text; a pattern of one's own that skips part of this text is an error."""
+        pieces = self._split.findall(text)
+        if self.pattern_name is None and sum(map(len, pieces)) != len(text):
+            raise ValueError(f"encode: the pre-tokenizer pattern {self.pattern!r:.60} drops part of the text, "
+                             "which would be lost; fix the pattern")
+        return pieces
 
     def encode_batch(self, texts, num_threads=None, allowed_special=frozenset(), disallowed_special="all"):
         """encode() of each text; with GPT-2's pattern and no special tokens allowed, in C++ on
@@ -202,7 +289,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_reference(self, text):
         try:
-            pieces = [p.encode("utf-8") for p in self._split.findall(text)]
+            pieces = [p.encode("utf-8") for p in self._pieces(text)]
         except UnicodeEncodeError:
             raise ValueError("encode: text is not valid Unicode (it holds a lone surrogate); "
                              "it cannot be encoded as UTF-8") from None
@@ -258,8 +345,9 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, directory, meta):
-        return cls(read_tiktoken(os.path.join(directory, meta.get("vocab", "vocab.tiktoken"))),
-                   meta.get("special_tokens"), meta.get("pattern", "gpt2"))
+        meta_fields(directory, meta, {"pattern": str})
+        return cls(read_tiktoken(vocab_file(directory, meta, "vocab.tiktoken")), meta.get("special_tokens"),
+                   meta.get("pattern", "gpt2"))
 
     @classmethod
     def from_tiktoken(cls, path, special_tokens=None, pattern="gpt2", use_native=None):

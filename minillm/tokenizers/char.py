@@ -9,7 +9,7 @@ like the other tokenizers, with the characters in minillm_tokenizer.json.
 """
 import numpy as np
 
-from .base import Tokenizer, read_texts
+from .base import Tokenizer, check_unicode, meta_fields, read_texts
 
 
 class CharTokenizer(Tokenizer):
@@ -47,7 +47,7 @@ class CharTokenizer(Tokenizer):
         """Ids of text's characters; a character outside the vocabulary raises ValueError."""
         if not isinstance(text, str):
             raise TypeError(f"encode: text must be str, got {type(text).__name__}")
-        points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+        points = np.frombuffer(check_unicode(text).encode("utf-32-le"), dtype=np.uint32)
         n = len(self.chars)
         ids = np.searchsorted(self.codepoints, points)
         bad = (ids >= n) | (self.codepoints[np.minimum(ids, n - 1)] != points) if n else np.ones(len(points), bool)
@@ -77,5 +77,11 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, directory, meta):
+        meta_fields(directory, meta, {"chars": str})
+        if "chars" not in meta:
+            raise ValueError(f"load: {directory}: a char tokenizer's file needs 'chars'")
         specials = meta.get("special_tokens") or {}
+        if sorted(specials.values()) != list(range(len(specials))):
+            raise ValueError(f"load: {directory}: a char tokenizer's special tokens must have the ids 0..{len(specials) - 1}"
+                             f" before the characters, got {sorted(specials.values())[:8]}")
         return cls(meta["chars"], sorted(specials, key=specials.get))

@@ -10,6 +10,8 @@
 import json
 import sys
 
+from ..config import existing_file, nonempty_string, output_directory, positive_int
+
 
 def add_parser(sub):
     """Register the `tokenizer` command on the subparsers of the top-level parser."""
@@ -18,11 +20,13 @@ def add_parser(sub):
 
     train = tsub.add_parser("train", help="train a tokenizer on text files and save it to a directory")
     train.add_argument("--kind", choices=["bpe", "unigram", "wordpiece"], default="bpe")
-    train.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, special tokens included")
-    train.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files to train on")
-    train.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer to")
+    train.add_argument("--vocab-size", type=positive_int, required=True, help="tokens in the vocabulary, special tokens included")
+    train.add_argument("--input", nargs="+", required=True, type=existing_file, metavar="FILE",
+                       help="UTF-8 text files to train on")
+    train.add_argument("--out", required=True, type=output_directory, metavar="DIR",
+                       help="directory to write the tokenizer to")
     train.add_argument("--pattern", default="gpt2", help="bpe: pre-tokenizer, gpt2, cl100k or a regex (default gpt2)")
-    train.add_argument("--special", nargs="*", metavar="TOKEN",
+    train.add_argument("--special", nargs="*", type=nonempty_string, metavar="TOKEN",
                        help="special tokens (default: <|endoftext|> for bpe, <unk> <s> </s> for unigram, "
                             "[PAD] [UNK] [CLS] [SEP] [MASK] for wordpiece)")
     train.add_argument("--cased", action="store_true", help="wordpiece: keep case and accents")
@@ -32,7 +36,7 @@ def add_parser(sub):
     encode = tsub.add_parser("encode", help="print the token ids of text (from --text, --input or stdin)")
     encode.add_argument("--tokenizer", required=True, metavar="PATH")
     encode.add_argument("--text", help="the text (default: read stdin)")
-    encode.add_argument("--input", metavar="FILE", help="read the text from a file")
+    encode.add_argument("--input", type=existing_file, metavar="FILE", help="read the text from a file")
     encode.add_argument("--allow-special", action="store_true", help="encode special tokens in the text as such")
     encode.add_argument("--format", choices=["ids", "json", "tokens"], default="ids")
     encode.set_defaults(run=cmd_encode)
@@ -57,7 +61,13 @@ def _fail(message):
 def cmd_train(args):
     from tqdm import tqdm
 
-    from . import KINDS
+    from . import KINDS, PATTERNS
+    from .bpe import check_pattern
+    if args.kind == "bpe":
+        try:
+            check_pattern(PATTERNS.get(args.pattern, args.pattern))
+        except ValueError as e:
+            return _fail(f"--pattern: {e}")
     texts = []
     for path in args.input:
         try:
@@ -85,7 +95,10 @@ def cmd_train(args):
         bar.close()
         return _fail(str(e))
     bar.close()
-    tok.save(args.out)
+    try:
+        tok.save(args.out)
+    except OSError as e:
+        return _fail(f"cannot write the tokenizer to {args.out}: {e.strerror or e}")
     print(f"{args.kind} tokenizer with {tok.vocab_size} tokens written to {args.out}")
     return 0
 
@@ -103,8 +116,11 @@ def cmd_encode(args):
     if args.text is not None:
         text = args.text
     elif args.input:
-        with open(args.input, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(args.input, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            return _fail(f"cannot read {args.input}: {e}")
     else:
         text = sys.stdin.read()
     try:

@@ -19,7 +19,7 @@ import random
 from collections import Counter
 
 from ..files import atomic_write
-from .base import Tokenizer, check_vocab_size, read_texts
+from .base import Tokenizer, check_unicode, check_vocab_size, meta_fields, read_texts, vocab_file
 
 SPACE = "\u2581"   # "▁"
 BYTES = [f"<0x{b:02X}>" for b in range(256)]
@@ -44,6 +44,14 @@ def normalize(text):
 
 def words_of(text):
     return [SPACE + w for w in text.replace(SPACE, " ").split()]
+
+
+def _is_float(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _logsumexp(values):
@@ -172,7 +180,7 @@ class UnigramTokenizer(Tokenizer):
 
     def encode_ordinary(self, text):
         """Ids of the most likely segmentation of each word (Viterbi)."""
-        words = words_of(text)
+        words = words_of(check_unicode(text) if self._native is None else text)
         found, missing = {}, []
         for w in dict.fromkeys(words):
             hit = self._cache.get(w)
@@ -192,6 +200,7 @@ class UnigramTokenizer(Tokenizer):
         filtering (sums over the lattice) then sampling backwards. alpha -> 0 is uniform over
         segmentations; large alpha approaches encode()."""
         rng = random.Random(seed)
+        check_unicode(text)
         index = self._index
         scores = [alpha * s for s in self._score]
         ids = []
@@ -308,10 +317,25 @@ class UnigramTokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, directory, meta):
-        specials = sorted(meta.get("special_tokens", {}), key=meta["special_tokens"].get)
-        with open(os.path.join(directory, meta.get("vocab", "unigram.vocab")), encoding="utf-8") as f:
-            rows = [line.rstrip("\n").split("\t") for line in f if line.strip("\n")]
+        meta_fields(directory, meta, {"max_piece_len": int})
+        special = meta.get("special_tokens", {})
+        specials = sorted(special, key=special.get)
+        path = vocab_file(directory, meta, "unigram.vocab")
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = [line.rstrip("\n").split("\t") for line in f if line.strip("\n")]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"load: {path} is not UTF-8 (bad byte at offset {error.start})") from None
         if [r[0] for r in rows[:len(specials) + 256]] != specials + BYTES:
             raise ValueError(f"load: {directory}: the vocabulary does not start with the special tokens and "
                              f"the 256 byte pieces")
-        return cls([(p, float(s)) for p, s in rows[len(specials) + 256:]], specials, meta.get("max_piece_len", 16))
+        pieces = []
+        for n, row in enumerate(rows[len(specials) + 256:], len(specials) + 257):
+            score = float(row[1]) if len(row) == 2 and _is_float(row[1]) else None
+            if score is None or not math.isfinite(score) or not row[0]:
+                raise ValueError(f"load: {path}: line {n} is not `piece<TAB>log p` with a finite log p: {row!r:.60}")
+            pieces.append((row[0], score))
+        max_len = meta.get("max_piece_len", 16)
+        if max_len < 1:
+            raise ValueError(f"load: {directory}: max_piece_len must be >= 1, got {max_len}")
+        return cls(pieces, specials, max_len)

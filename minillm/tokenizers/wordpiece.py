@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 import regex
 
 from ..files import atomic_write
-from .base import Tokenizer, check_vocab_size, read_texts
+from .base import Tokenizer, check_unicode, check_vocab_size, meta_fields, read_texts, vocab_file
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -105,7 +105,7 @@ class WordPieceTokenizer(Tokenizer):
         return pieces
 
     def encode_ordinary(self, text):
-        return [self._id[t] for t in self.tokenize(text)]
+        return [self._id[t] for t in self.tokenize(check_unicode(text))]
 
     def decode_tokens(self, ids):
         self._check_ids(ids)
@@ -151,8 +151,7 @@ class WordPieceTokenizer(Tokenizer):
     @classmethod
     def from_vocab_txt(cls, path, lowercase=True, strip_accents=None):
         """A tokenizer over BERT's vocab.txt (one token per line, the line number is the id)."""
-        with open(path, encoding="utf-8") as f:
-            return cls([line.rstrip("\n") for line in f], lowercase, strip_accents)
+        return cls(read_vocab_txt(path), lowercase, strip_accents)
 
     def _save_vocab(self, directory):
         self.save_vocab_txt(os.path.join(directory, "vocab.txt"))
@@ -161,10 +160,19 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, directory, meta):
-        with open(os.path.join(directory, meta.get("vocab", "vocab.txt")), encoding="utf-8") as f:
-            vocab = [line.rstrip("\n") for line in f]
+        meta_fields(directory, meta, {"lowercase": bool, "strip_accents": (bool, None), "unk_token": str})
+        vocab = read_vocab_txt(vocab_file(directory, meta, "vocab.txt"))
         return cls(vocab, meta.get("lowercase", True), meta.get("strip_accents"), meta.get("unk_token", "[UNK]"),
                    list(meta.get("special_tokens", SPECIALS)))
+
+
+def read_vocab_txt(path):
+    """The tokens of a BERT vocab.txt, one a line; a file that is not UTF-8 raises ValueError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"load: {path} is not UTF-8 (bad byte at offset {error.start})") from None
 
 
 def join(a, b):

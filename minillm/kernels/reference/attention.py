@@ -4,6 +4,11 @@ log-sum-exp for the backward, exactly as the tiled (flash-style) kernel does.
 
 Positions: the T queries are the *last* T of the S keys' positions, so query i sits at
 position S - T + i (with T = S that is i; with a KV cache, the new tokens come last).
+
+Non-finite inputs are never hidden: a NaN or +inf score among the keys a query sees (from NaN or
+inf in its q or in a visible key's k) makes that query's output row NaN and its lse NaN; -inf scores
+count as hidden. Keys a query does not see never reach its output or the gradients through it, so
+a NaN row's gradients reach exactly the keys it sees. The native kernel follows the same rules.
 """
 import math
 
@@ -46,7 +51,8 @@ def _scores(q, k, causal, window, alibi_slopes, key_padding_mask):
     """s = q k^T / sqrt(D) (+ ALiBi), -inf where a key is not visible.  -> (B, H, T, S)."""
     B, H, T, D = q.shape
     S = k.shape[2]
-    s = q @ np.swapaxes(_expand_kv(k, H // k.shape[1]), -1, -2) * (1.0 / math.sqrt(D))
+    with np.errstate(invalid="ignore", over="ignore"):                # NaN and inf inputs: NaN and inf scores
+        s = q @ np.swapaxes(_expand_kv(k, H // k.shape[1]), -1, -2) * (1.0 / math.sqrt(D))
     if alibi_slopes is not None:
         s = s + alibi_bias(alibi_slopes.astype(q.dtype), T, S, causal)
     return np.where(visible_keys(T, S, causal, window, key_padding_mask), s, -np.inf)
@@ -60,14 +66,15 @@ def attention_forward(q, k, v, causal=True, window=None, alibi_slopes=None, key_
     A query that sees no key at all gets out = 0 and lse = +inf (so exp(s - lse) = 0).
     """
     s = _scores(q, k, causal, window, alibi_slopes, key_padding_mask)          # (B, H, T, S)
-    m = np.max(s, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(s - m)
-    total = np.sum(e, axis=-1, keepdims=True)
-    p = e / np.where(total > 0, total, 1.0)
-    out = p @ _expand_kv(v, q.shape[1] // v.shape[1])
-    with np.errstate(divide="ignore"):
-        lse = np.where(total > 0, m + np.log(total), np.inf)[..., 0]
+    m = np.max(s, axis=-1, keepdims=True)                                      # NaN if a score is NaN
+    m = np.where(m == -np.inf, 0.0, m)                                         # a row that sees nothing
+    with np.errstate(invalid="ignore"):                                        # +inf - +inf: NaN, on purpose
+        e = np.exp(s - m)
+        total = np.sum(e, axis=-1, keepdims=True)
+        p = e / np.where(total == 0, 1.0, total)
+        out = p @ _expand_kv(v, q.shape[1] // v.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = np.where(total == 0, np.inf, m + np.log(total))[..., 0]
     return out.astype(q.dtype, copy=False), lse.astype(q.dtype, copy=False)
 
 
@@ -77,18 +84,22 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O))
         dQ = dS K / sqrt(D),   dK = dS^T Q / sqrt(D)
     (rowsum(dO * O) = rowsum(dP * P), the softmax backward's inner product). For GQA the
-    gradients of the query heads that share a kv head are summed into it.
+    gradients of the query heads that share a kv head are summed into it. P and dS are exactly 0
+    at the keys a query does not see (even where its lse or rowsum is NaN).
     """
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     group = H // Hkv
-    p = np.exp(_scores(q, k, causal, window, alibi_slopes, key_padding_mask) - lse[..., None])   # (B, H, T, S)
-    dv = np.swapaxes(p, -1, -2) @ dout                                           # (B, H, S, D)
-    dp = dout @ np.swapaxes(_expand_kv(v, group), -1, -2)                         # (B, H, T, S)
-    ds = p * (dp - np.sum(dout * out, axis=-1, keepdims=True))
+    seen = visible_keys(T, S, causal, window, key_padding_mask)                  # (B or 1, 1, T, S)
+    with np.errstate(invalid="ignore"):                                          # NaN rows stay NaN
+        p = np.where(seen, np.exp(_scores(q, k, causal, window, alibi_slopes, key_padding_mask) - lse[..., None]), 0)
+        dv = np.swapaxes(p, -1, -2) @ dout                                       # (B, H, S, D)
+        dp = dout @ np.swapaxes(_expand_kv(v, group), -1, -2)                     # (B, H, T, S)
+        ds = np.where(seen, p * (dp - np.sum(dout * out, axis=-1, keepdims=True)), 0)
     scale = 1.0 / math.sqrt(D)
-    dq = ds @ _expand_kv(k, group) * scale
-    dk = np.swapaxes(ds, -1, -2) @ q * scale                                     # (B, H, S, D)
+    with np.errstate(invalid="ignore"):
+        dq = ds @ _expand_kv(k, group) * scale
+        dk = np.swapaxes(ds, -1, -2) @ q * scale                                 # (B, H, S, D)
     dk = dk.reshape(B, Hkv, group, S, D).sum(axis=2)
     dv = dv.reshape(B, Hkv, group, S, D).sum(axis=2)
     return dq.astype(q.dtype, copy=False), dk.astype(q.dtype, copy=False), dv.astype(q.dtype, copy=False)

@@ -9,15 +9,19 @@ Schemes, for a weight W (N, K) (out_features, in_features):
                                                                   q = round((W - m_ng) / d_ng) in [0, 15]
 
 Dequantized: W ~ q * d (int8, q8_0, q4_0 after subtracting 8) or q * d + m (q4_1); each value is
-within d / 2 of the original (round to nearest). Rounding is to nearest, ties to even (np.rint),
-and every division is a multiplication by id = 1 / d in float32, exactly as the C++ kernel does.
+within d / 2 of the original (round to nearest). Rounding is to nearest, ties to even (np.rint), and
+q = round(w / d) is a true float32 division, exactly as the C++ kernel does (a multiplication by
+1 / d would overflow to inf for a denormal d). A group that is not all zeros has d at least the
+smallest float32 denormal (2^-149), so denormal values keep their sign and rough size.
 
 INT4 packing (as llama.cpp's Q4_0): a group of 32 values takes 16 bytes; byte j holds value j in
 its low nibble and value j + 16 in its high nibble. So q4 weights are uint8 (N, K / 2).
 
 Activations are quantized on the fly, per row and per group of 32 along K, to int8 (dynamic
 quantization, llama.cpp's Q8_0): x ~ xq * xd. For int8 per-channel weights K need not be a
-multiple of 32; the last group is then shorter. The product of a row x and a weight row w is
+multiple of 32; the last group is then shorter. A group holding NaN or +-inf quantizes to zeros with
+xd = xs = NaN, so every output it reaches is NaN: a non-finite activation is never hidden. The
+product of a row x and a weight row w is
 
     int8:  y = d_n * sum_g xd_g * sum_{k in g} xq_k wq_k
     q8_0, q4_0:   y = sum_g d_g xd_g * sum_{k in g} xq_k wq_k
@@ -37,10 +41,19 @@ def check_scheme(scheme):
         raise ValueError(f"quantize: scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
-def _inverse(d):
-    """1 / d, and 0 where d is 0 (an all-zero group quantizes to zeros)."""
-    with np.errstate(divide="ignore"):
-        return np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+TINY = np.float32(2.0 ** -149)   # the smallest float32 denormal: the least scale of a group that is not all zeros
+
+
+def _scale(amax, levels):
+    """d = amax / levels in float32, at least TINY where amax > 0 (0 stays 0, NaN stays NaN)."""
+    d = (amax / np.float32(levels)).astype(np.float32)
+    return np.where(amax > 0, np.maximum(d, TINY), d).astype(np.float32)
+
+
+def _divide(values, d):
+    """values / d per group (d broadcasts over the last axis), 0 where d is 0 (an all-zero group)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, values / np.where(d > 0, d, np.float32(1)), np.float32(0))
 
 
 def _groups(w, scheme):
@@ -82,12 +95,12 @@ def quantize_weights(w, scheme):
     g = _groups(np.ascontiguousarray(w, dtype=np.float32), scheme)        # (N, G, L)
     if scheme == "q4_1":
         lo, hi = g.min(axis=-1), g.max(axis=-1)                            # (N, G)
-        d = (hi - lo) / np.float32(15)
-        q = np.clip(np.rint((g - lo[..., None]) * _inverse(d)[..., None]), 0, 15)
+        d = _scale(hi - lo, 15)
+        q = np.clip(np.rint(_divide(g - lo[..., None], d[..., None])), 0, 15)
         return {"q": pack_int4(q.reshape(N, K)), "scale": d, "min": lo}
     levels = _LEVELS[scheme]
-    d = np.abs(g).max(axis=-1) / np.float32(levels)                        # (N, G)
-    q = np.clip(np.rint(g * _inverse(d)[..., None]), -levels, levels).reshape(N, K)
+    d = _scale(np.abs(g).max(axis=-1), levels)                             # (N, G)
+    q = np.clip(np.rint(_divide(g, d[..., None])), -levels, levels).reshape(N, K)
     if scheme == "q4_0":
         return {"q": pack_int4(q + 8), "scale": d}
     return {"q": q.astype(np.int8), "scale": d[:, 0] if scheme == "int8" else d}
@@ -112,7 +125,9 @@ def quantize_activations(x):
     """x (M, K) float32 -> xq int8 (M, K), xd (M, G) and xs (M, G) float32, G = ceil(K / 32).
 
     Per group of 32 along K (the last one shorter if K is not a multiple of 32):
-    xd = max |x| / 127, xq = round(x / xd), xs = xd * sum(xq) (q4_1 needs it for its min term).
+    xd = max |x| / 127 (at least TINY unless the group is all zeros), xq = round(x / xd),
+    xs = xd * sum(xq) (q4_1 needs it for its min term). A group with NaN or +-inf: xq = 0 and
+    xd = xs = NaN.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     M, K = x.shape
@@ -122,11 +137,14 @@ def quantize_activations(x):
     xs = np.empty((M, G), dtype=np.float32)
     for g in range(G):
         part = x[:, g * GROUP:(g + 1) * GROUP]
-        d = np.abs(part).max(axis=1) / np.float32(127)
-        q = np.clip(np.rint(part * _inverse(d)[:, None]), -127, 127)
+        amax = np.abs(part).max(axis=1)                                    # NaN if the group has a NaN
+        finite = np.isfinite(amax)
+        d = np.where(finite, _scale(np.where(finite, amax, 0), 127), np.float32(np.nan)).astype(np.float32)
+        q = np.clip(np.rint(_divide(part, np.where(finite, d, 0)[:, None])), -127, 127)
         xq[:, g * GROUP:(g + 1) * GROUP] = q
         xd[:, g] = d
-        xs[:, g] = d * q.sum(axis=1, dtype=np.int32).astype(np.float32)
+        with np.errstate(over="ignore"):                                   # d near 3e38 / 127: xs may be inf
+            xs[:, g] = d * q.sum(axis=1, dtype=np.int32).astype(np.float32)
     return xq, xd, xs
 
 
@@ -156,5 +174,6 @@ def quant_matmul(x, scheme, q, scale, min=None, bias=None):
         y *= scale[None, :]
     if bias is not None:
         y += bias
-    return y.astype(np.float32)
+    with np.errstate(over="ignore"):                                       # beyond float32's range: inf
+        return y.astype(np.float32)
 
