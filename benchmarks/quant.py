@@ -36,7 +36,6 @@ from harness import compare, machine_info, print_table, write_json  # noqa: E402
 import minillm  # noqa: E402
 from minillm import checkpoint as ckpt  # noqa: E402
 from minillm import kernels  # noqa: E402
-from minillm.autograd import no_grad  # noqa: E402
 from minillm.kernels.reference.quant import SCHEMES  # noqa: E402
 from minillm.models import DecoderLM, ModelConfig, load_preset  # noqa: E402
 from minillm.nn.quantized import quantize_model  # noqa: E402
@@ -132,12 +131,12 @@ def bench_prefill(args):
 
 
 def decode_seconds(model, prompt, new_tokens):
-    with no_grad():
-        caches = model.new_caches(1, len(prompt) + new_tokens + 1)
-        token = int(model(np.array([prompt]), caches=caches).data[0, -1].argmax())
-        t = time.perf_counter()
-        for _ in range(new_tokens):
-            token = int(model(np.array([[token]]), caches=caches).data[0, -1].argmax())
+    """Seconds per greedy token at batch 1 with the KV cache, through DecoderLM.infer as generate() runs it."""
+    caches = model.new_caches(1, len(prompt) + new_tokens + 1)
+    token = int(model.infer(np.array([prompt]), caches=caches, last_only=True)[0, -1].argmax())
+    t = time.perf_counter()
+    for _ in range(new_tokens):
+        token = int(model.infer(np.array([[token]]), caches=caches, last_only=True)[0, -1].argmax())
     return (time.perf_counter() - t) / new_tokens
 
 

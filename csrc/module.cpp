@@ -14,6 +14,9 @@ void bind_activation(py::module_& m);   // activation.cpp: GELU, SiLU
 void bind_gelu_erf(py::module_& m);     // gelu_erf.cpp: GELU, exact (erf) form
 void bind_attention(py::module_& m);    // attention.cpp: flash-style attention
 void bind_quant(py::module_& m);        // quant.cpp: matmul on quantized weights
+void bind_rope(py::module_& m);         // rope.cpp: rotary position embedding
+void bind_kv_attention(py::module_& m); // kv_attention.cpp: attention over a KV cache, in place
+void bind_optim(py::module_& m);        // optim.cpp: the fused AdamW update
 void bind_bpe(py::module_& m);          // tokenizers/bpe.cpp: byte-level BPE
 void bind_unigram(py::module_& m);      // tokenizers/unigram.cpp: the Unigram lattice
 }  // namespace minillm
@@ -29,6 +32,9 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_gelu_erf(m);
     minillm::bind_attention(m);
     minillm::bind_quant(m);
+    minillm::bind_rope(m);
+    minillm::bind_kv_attention(m);
+    minillm::bind_optim(m);
     minillm::bind_bpe(m);
     minillm::bind_unigram(m);
 }

@@ -120,16 +120,18 @@ def check_state_arrays(model, arrays, path):
 
 
 def check_optimizer_arrays(model, arrays, path):
-    """Each optimizer slot "<parameter>.<slot>" must be a float array of its parameter's shape,
-    except AdamW's per-parameter step count "<parameter>.step": one integer >= 0."""
+    """Each optimizer slot "<parameter>.<slot>" must be a float array of its parameter's shape, except
+    AdamW's per-parameter step count "<parameter>.step": one non-negative int64."""
     params = dict(model.named_parameters())
     for key, array in arrays.items():
         name, slot = key.rsplit(".", 1) if "." in key else (key, "")
-        if name in params and slot == "step":
-            if np.shape(array) != (1,) or not np.issubdtype(array.dtype, np.integer) or array[0] < 0:
+        if name not in params:
+            continue
+        if slot == "step":
+            if np.shape(array) != (1,) or array.dtype != np.int64 or int(array[0]) < 0:
                 raise CheckpointError(f"checkpoint file {path!r}: tensor {key!r} is {array.dtype} {np.shape(array)}, "
-                                      "but a step count is one integer >= 0")
-        elif name in params and (np.shape(array) != params[name].shape or not np.issubdtype(array.dtype, np.floating)):
+                                      f"but a step count is one non-negative int64")
+        elif np.shape(array) != params[name].shape or not np.issubdtype(array.dtype, np.floating):
             raise CheckpointError(f"checkpoint file {path!r}: tensor {key!r} is {array.dtype} {np.shape(array)}, "
                                   f"but its parameter is {params[name].data.dtype} {params[name].shape}")
 

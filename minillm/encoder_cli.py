@@ -16,9 +16,7 @@ import json
 import math
 import sys
 
-
-class UsageError(ValueError):
-    """Bad command-line input (one line, exit code 2)."""
+from .config import UsageError, existing_file, nonempty_string, positive_int, thread_count
 
 
 def _texts(args):
@@ -29,8 +27,6 @@ def _texts(args):
     try:
         with open(args.input, encoding="utf-8") as f:
             texts = [line.rstrip("\n").rstrip("\r") for line in f]
-    except FileNotFoundError:
-        raise UsageError(f"embed: --input {args.input!r} does not exist") from None
     except UnicodeDecodeError as error:
         raise UsageError(f"embed: --input {args.input!r} is not UTF-8 (bad byte at offset {error.start})") from None
     texts = [t for t in texts if t.strip()]
@@ -115,14 +111,14 @@ def add_parsers(sub):
     p = sub.add_parser("embed", help="sentence embeddings from an encoder (BERT, sentence-transformers), as JSON")
     p.add_argument("--model", required=True, help="all-minilm-l6-v2, a Hugging Face BERT / sentence-transformers "
                    "directory, or a minillm encoder checkpoint")
-    p.add_argument("--text", action="append", help="a text to embed (repeat for more)")
-    p.add_argument("--input", help="a UTF-8 file with one text a line (blank lines are skipped)")
+    p.add_argument("--text", action="append", type=nonempty_string, help="a text to embed (repeat for more)")
+    p.add_argument("--input", type=existing_file, help="a UTF-8 file with one text a line (blank lines are skipped)")
     p.add_argument("--similarity", action="store_true", help="print the cosine matrix of the texts instead")
     p.add_argument("--pooling", nargs="+", choices=["cls", "mean", "max", "mean_sqrt_len_tokens", "lasttoken"],
                    help="pooling mode(s) (default: the model's own, else mean)")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise the embeddings")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, help="the longest input in tokens, [CLS] and [SEP] included "
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=positive_int, help="the longest input in tokens, [CLS] and [SEP] included "
                    "(default: the model's own)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=thread_count)
     p.set_defaults(run=cmd_embed)

@@ -3,7 +3,7 @@ sample shown at the end. The loop itself (minillm/train.py) is the same for all 
 every family's data has one contract,
 
     data.get_batch(split, batch_size, block_size, rng, rows=None) -> (x, y)
-    model(x, y) -> (logits, loss)
+    model.loss(x, y) -> the mean loss (model(x, y) -> (logits, loss))
 
 decoder          x, y: the token stream and the stream shifted by one (next-token prediction)
 encoder          x: [CLS] window [SEP] with 15% of its tokens masked, y: their ids, -100 elsewhere (MLM)

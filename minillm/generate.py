@@ -2,11 +2,11 @@
 batches of prompts of different lengths (left-padded, with a key padding mask).
 
 With the cache, the prompt is run once (prefill) and each new token costs one position;
-without it, every step re-runs the whole sequence. Both give the same tokens.
+without it, every step re-runs the whole sequence. Both give the same tokens. The model runs
+through DecoderLM.infer: arrays straight to the kernels, no tape, and the head only on the last
+position.
 """
 import numpy as np
-
-from .autograd import no_grad
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
@@ -86,30 +86,28 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=
     was_training = model.training
     model.eval()
     try:
-        with no_grad():
-            caches = model.new_caches(B, L + steps, dtype=model.norm_f.weight.dtype) if use_cache else None
-            logits = model(ids, positions=positions, key_padding_mask=mask if padded else None, caches=caches)
-            for step in range(steps):
-                token = sample_next(logits.data[:, -1], temperature, top_k, top_p, rng)      # (B,)
-                for b in np.flatnonzero(~done):
-                    if int(token[b]) in stop:
-                        done[b] = True
-                        continue
-                    outputs[b].append(int(token[b]))
-                    if on_token is not None:
-                        on_token(int(b), int(token[b]))
-                if done.all() or step == steps - 1:
-                    break
-                next_pos = positions[:, -1:] + 1
-                mask = np.concatenate([mask, np.ones((B, 1), dtype=bool)], axis=1)
-                if use_cache:
-                    positions = next_pos
-                    logits = model(token[:, None], positions=positions, key_padding_mask=mask if padded else None,
-                                   caches=caches)
-                else:
-                    ids = np.concatenate([ids, token[:, None]], axis=1)
-                    positions = np.concatenate([positions, next_pos], axis=1)
-                    logits = model(ids, positions=positions, key_padding_mask=mask if padded else None)
+        caches = model.new_caches(B, L + steps, dtype=model.norm_f.weight.dtype) if use_cache else None
+        logits = model.infer(ids, positions, mask if padded else None, caches, last_only=True)   # (B, 1, V)
+        for step in range(steps):
+            token = sample_next(logits[:, -1], temperature, top_k, top_p, rng)      # (B,)
+            for b in np.flatnonzero(~done):
+                if int(token[b]) in stop:
+                    done[b] = True
+                    continue
+                outputs[b].append(int(token[b]))
+                if on_token is not None:
+                    on_token(int(b), int(token[b]))
+            if done.all() or step == steps - 1:
+                break
+            next_pos = positions[:, -1:] + 1
+            mask = np.concatenate([mask, np.ones((B, 1), dtype=bool)], axis=1)
+            if use_cache:
+                positions = next_pos
+                logits = model.infer(token[:, None], positions, mask if padded else None, caches, last_only=True)
+            else:
+                ids = np.concatenate([ids, token[:, None]], axis=1)
+                positions = np.concatenate([positions, next_pos], axis=1)
+                logits = model.infer(ids, positions, mask if padded else None, last_only=True)
     finally:
         model.train(was_training)
     return outputs

@@ -7,12 +7,16 @@ import math
 
 import numpy as np
 
+from . import kernels
 
-def param_groups(model, weight_decay):
-    """Two groups, as nanoGPT/Llama train: weight decay on the matrices of linear layers only;
-    none on norms, biases and embeddings (so a tied output head is not decayed either)."""
+
+def param_groups(model, weight_decay, decay_embeddings=False):
+    """Two groups, as nanoGPT/Llama train: weight decay on the matrices of linear layers; none on
+    norms and biases. Embedding tables (and so a tied output head) are decayed only with
+    decay_embeddings=True, which is nanoGPT's rule: every parameter with two or more dimensions."""
     from .nn import Embedding
-    embeddings = {id(m.weight) for _, m in model.named_modules() if isinstance(m, Embedding)}
+    embeddings = set() if decay_embeddings else {
+        id(m.weight) for _, m in model.named_modules() if isinstance(m, Embedding)}
     decay, no_decay = {}, {}
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay)[name] = p
@@ -55,7 +59,9 @@ class AdamW(Optimizer):
         m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
         p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     t counts the steps this parameter had a gradient (kept per parameter, as torch does: an MoE
-    expert no token was routed to sits a step out, moments and count untouched).
+    expert no token was routed to sits a step out, moments and count untouched). Each parameter's
+    update is one kernel call (kernels.adamw_step: one pass over p, g, m, v in C++, the same bits as
+    the NumPy reference).
     """
 
     def __init__(self, groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
@@ -78,17 +84,17 @@ class AdamW(Optimizer):
                 if p.grad is None:
                     continue
                 t = self._count(name)
-                m = self.state.setdefault(f"{name}.m", np.zeros_like(p.data))
-                v = self.state.setdefault(f"{name}.v", np.zeros_like(p.data))
-                grad = p.grad
-                m *= b1
-                m += (1 - b1) * grad
-                v *= b2
-                v += (1 - b2) * grad * grad
-                if g["weight_decay"]:
-                    p.data *= 1 - self.lr * g["weight_decay"]
-                step_size = self.lr / (1 - b1 ** t)
-                p.data -= step_size * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + self.eps)
+                m, v = self._moments(name, p)
+                kernels.adamw_step(p.data, p.grad, m, v, self.lr, b1, b2, self.eps, g["weight_decay"], t)
+
+    def _moments(self, name, p):
+        """The (m, v) arrays of a parameter, zeros at its first update."""
+        m, v = self.state.get(f"{name}.m"), self.state.get(f"{name}.v")
+        if m is None:
+            m = self.state[f"{name}.m"] = np.zeros_like(p.data)
+        if v is None:
+            v = self.state[f"{name}.v"] = np.zeros_like(p.data)
+        return m, v
 
 
 class SGD(Optimizer):

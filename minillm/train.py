@@ -59,7 +59,7 @@ def estimate_loss(model, data, config, block_size, step, comm=None):
                 mine = i % comm.size == comm.rank
                 x, y = data.get_batch(split, config.batch_size, block_size, rng, rows=None if mine else slice(0, 0))
                 if mine:
-                    loss = float(model(x, y)[1].data)
+                    loss = float(model.loss(x, y).data)
                     stats = model.moe_stats() if split == "val" else None
                     results[split, i] = (loss, stats["load"] if stats is not None else None)
     results = merge_from_ranks(results, comm)
@@ -127,7 +127,7 @@ class Trainer:
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
         self.model = build_model(model_config, rng=self.init_rng)
         self.data_rng = np.random.default_rng([train_config.seed, 1])
-        groups = param_groups(self.model, train_config.weight_decay)
+        groups = param_groups(self.model, train_config.weight_decay, train_config.decay_embeddings)
         if train_config.optimizer == "adamw":
             self.optimizer = AdamW(groups, train_config.lr, (train_config.beta1, train_config.beta2))
         elif train_config.optimizer == "sgd":
@@ -196,7 +196,7 @@ class Trainer:
             x, y = self.data.get_batch("train", c.batch_size, block, self.data_rng, rows=rows)
             if not weight:
                 continue
-            _, loss = self.model(x, y)
+            loss = self.model.loss(x, y)
             with self.dp.backward(final):                   # gradient buckets start summing as they fill
                 (loss * weight).backward()
             objective += float(loss.data) * weight
@@ -359,7 +359,7 @@ def evaluate_split(model, ids, batch_size=32, progress=False):
     with no_grad():
         for i in range(0, n, batch_size):
             x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]
-            total += float(model(x, y)[1].data) * len(x)
+            total += float(model.loss(x, y).data) * len(x)
             if bar is not None:
                 bar.update(len(x))
     if bar is not None:

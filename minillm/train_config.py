@@ -27,6 +27,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     weight_decay: float = 0.1
+    decay_embeddings: bool = False # also decay the embedding tables (a tied head too), as nanoGPT does
     grad_clip: float = 1.0         # 0: no clipping
     eval_interval: int = 250
     eval_iters: int = 20

@@ -171,14 +171,21 @@ def test_weights_of_the_wrong_dtype_or_not_finite_are_refused(run, capsys, chang
     assert_refused(generate(run, capsys), "model.safetensors", *words)
 
 
-def test_optimizer_moments_of_the_wrong_shape_are_refused(run, base, capsys):
+@pytest.mark.parametrize("change,words", [
+    (lambda a: a.update({"wte.weight.m": a["wte.weight.m"][:3]}), ["tensor 'wte.weight.m'", "its parameter is"]),
+    (lambda a: a.update({"wte.weight.step": a["wte.weight.step"].astype(np.float32)}),
+     ["tensor 'wte.weight.step' is float32", "a step count is one non-negative int64"]),
+    (lambda a: a.update({"wte.weight.step": np.array([-1], dtype=np.int64)}), ["tensor 'wte.weight.step'"]),
+])
+def test_optimizer_moments_and_counts_of_the_wrong_kind_are_refused(run, base, capsys, change, words):
     from safetensors.numpy import load_file, save_file
     path = os.path.join(committed(run), "optimizer.safetensors")
     arrays = load_file(path)
-    arrays["wte.weight.m"] = arrays["wte.weight.m"][:3]
+    assert arrays["wte.weight.step"].dtype == np.int64          # AdamW's per-parameter count is saved
+    change(arrays)
     save_file(arrays, path)
     rewrite(run, "optimizer.safetensors", open(path, "rb").read())
-    assert_refused(resume(run, base, capsys), "optimizer.safetensors", "tensor 'wte.weight.m'", "its parameter is")
+    assert_refused(resume(run, base, capsys), "optimizer.safetensors", *words)
 
 
 def test_a_safetensors_file_with_a_lying_header_is_refused(run, capsys):

@@ -47,7 +47,8 @@ def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("mpi")
     (base / "corpus.txt").write_text(TEXT, encoding="utf-8")
     for name, model, train in (("config.json", {}, {}), ("dropout.json", {"dropout": 0.1}, {}),
-                               ("moe.json", MOE, {"batch_size": 2, "grad_accum": 1})):
+                               ("moe.json", MOE, {"batch_size": 2, "grad_accum": 1}),
+                               ("low-max-loss.json", {}, {"max_loss": 3.0})):   # below the first step's ~3.3
         spec = {"model": CONFIG["model"] | model, "train": CONFIG["train"] | train}
         (base / name).write_text(json.dumps(spec))
     return base
@@ -124,9 +125,7 @@ def test_moe_experts_unused_on_a_rank_train_as_in_one_process(files, tmp_path):
     np.testing.assert_allclose(log(two)[1], log(one)[1], rtol=RTOL)
     saved, reference = (ckpt.load_checkpoint(str(d), optimizer_wanted=True)["optimizer"] for d in (two, one))
     assert sorted(saved) == sorted(reference)           # state only for parameters that had a gradient
-    assert sum(key.endswith(".m") for key in reference) < len(ckpt.load_checkpoint(str(one))["model"])
-    for key in (k for k in reference if k.endswith(".step")):     # per-parameter step counts, as AdamW's
-        np.testing.assert_array_equal(saved[key], reference[key])
+    assert len([k for k in reference if k.endswith(".m")]) < len(ckpt.load_checkpoint(str(one))["model"])
 
 
 def test_dropout_runs_on_two_ranks_resume_bit_exactly(files, tmp_path):
@@ -168,10 +167,12 @@ def test_bad_input_under_mpiexec_is_one_line_from_rank_0(files, tmp_path):
     assert run.stderr.count("minillm: error: --resume: no checkpoint in") == 1
 
 
-def test_a_diverged_loss_stops_every_rank_with_one_message(files, tmp_path):
-    run = train_mpi(files, tmp_path / "nan", "--lr", "1e12")       # the loss blows up, then would be NaN
+@pytest.mark.parametrize("more,config,words", [
+    (["--lr", "1e12"], "config.json", "the loss became nan at step 1"),      # weights ~1e12 after one step
+    ([], "low-max-loss.json", "(max_loss 3)"),                             # the first evaluation stops it
+])
+def test_a_diverged_loss_stops_every_rank_with_one_message(files, tmp_path, more, config, words):
+    run = train_mpi(files, tmp_path / "diverged", *more, config=config)
     assert run.returncode == 1
-    # the first step's weights overflow: the loss is huge or, where no kernel hides a NaN, NaN
-    assert run.stderr.count("minillm: error: the loss ") == 1 and "left as it was" in run.stderr
-    assert "the loss blew up to" in run.stderr or "the loss became nan" in run.stderr
+    assert run.stderr.count("minillm: error:") == 1 and run.stderr.count(words) == 1 and "left as it was" in run.stderr
     assert "pending" not in run.stderr                       # no collective left in flight at exit

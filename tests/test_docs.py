@@ -63,3 +63,10 @@ def test_nothing_points_outside_the_repository():
     outside = [f"{f}:{number}: {what}" for f, number, what in mentions(OUTSIDE)
                if f != "tests/test_docs.py"]
     assert not outside, "pointers outside the repository:\n" + "\n".join(outside)
+
+
+def test_no_merge_conflict_markers_are_left():
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)")
+    left = [f"{f}:{number}" for f in text_files()
+            for number, line in enumerate(open(os.path.join(ROOT, f), encoding="utf-8"), 1) if marker.match(line)]
+    assert not left, "merge-conflict markers left in:\n" + "\n".join(left)

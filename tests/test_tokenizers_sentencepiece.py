@@ -1,9 +1,11 @@
 """SentencePiece .model files: the protobuf reader and writer, the normaliser, and ids equal to the
 sentencepiece library's on Unicode text, for a Unigram and a BPE model it trains here (with and
 without byte fallback, with nmt_nfkc and identity normalisation). Skips without sentencepiece."""
+import functools
 import io
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from minillm import tokenizers
 from minillm.tokenizers import protobuf, sentencepiece_model as spm_model
@@ -22,6 +24,7 @@ TEXTS = [
     "The quick brown fox", "  leading and   inner   spaces  ", "Über Ça 東京 日本",
     "unknown chars: ☃ 🎉 ∮ ß", "runs of unknowns ☃☃∮🎉x☃", "ＦＵＬＬＷＩＤＴＨ ① ﬁ ligature", "tabs\tand\nnewlines", "", " ",
     "a", "dozen liquor jugs, judge my vow; 3.14159!", "▁already▁escaped", "x" * 40,
+    "sss ssss sssss LLL LLLLL",            # equal joins side by side: BPE takes the leftmost first
 ]
 
 
@@ -55,6 +58,23 @@ def test_ids_equal_sentencepiece_on_unicode_text(model_bytes):
     assert ours.vocab_size == ref.get_piece_size()
     for text in TEXTS + CORPUS[:10]:
         assert ours.encode(text) == ref.encode(text), text
+
+
+# text mixing what the models know, what NFKC rewrites, what they never saw, and whitespace of every kind
+GENERATED = st.text(st.sampled_from(list("the quick brown fox  jumps.,!?0123 ÜberÇa東京日本") +
+                                    list("\t\n\r\u3000 ▁☃🎉∮ßＦＵ①ﬁ\u0301é\x00") + ["\U0001f600"]), max_size=40)
+
+
+@settings(max_examples=40)
+@given(text=GENERATED)
+def test_ids_equal_sentencepiece_on_generated_text(model_bytes, text):
+    ours, ref = both(model_bytes)
+    assert ours.encode(text) == ref.encode(text)
+
+
+@functools.lru_cache(maxsize=8)
+def both(model_bytes):
+    return SentencePieceTokenizer.from_bytes(model_bytes), spm.SentencePieceProcessor(model_proto=model_bytes)
 
 
 def test_decode_equals_sentencepiece(model_bytes):

@@ -1,7 +1,7 @@
 """`minillm train` for the encoder families, end to end and short: BERT with MLM on a small text
 (trains, evaluates masked-token accuracy, resumes), a T5-style model on a generated task (its loss
-falls and it learns a small version of the task), generation with beams, span corruption, and the
-errors for what the families cannot do."""
+falls and it learns a short version of the task: sorting up to 3 digits, >= 99% exact match),
+generation with beams, span corruption, and the errors for what the families cannot do."""
 import json
 
 import numpy as np
@@ -71,8 +71,8 @@ def test_t5_learns_a_small_sort_task_and_generates_with_beams(tmp_path, capsys):
     config.write_text(json.dumps({
         "model": {"family": "encoder_decoder", "vocab_size": None, "block_size": 8, "n_layer": 1, "n_head": 2,
                   "n_embd": 32, "d_ff": 64, "num_buckets": 8, "max_distance": 16},
-        "train": {"task": "sort", "task_max_len": 3, "batch_size": 32, "max_iters": 400, "lr": 3e-3, "min_lr": 3e-4,
-                  "warmup_iters": 20, "lr_decay_iters": 400, "eval_interval": 400, "eval_iters": 2,
+        "train": {"task": "sort", "task_max_len": 3, "batch_size": 32, "max_iters": 700, "lr": 4e-3, "min_lr": 4e-4,
+                  "warmup_iters": 20, "lr_decay_iters": 700, "eval_interval": 700, "eval_iters": 2,
                   "sample_tokens": 0, "weight_decay": 0.0}}))
     out = str(tmp_path / "t5")
     code, _, err = run(capsys, "train", "--config", str(config), "--out", out, "--no-progress")
@@ -80,9 +80,9 @@ def test_t5_learns_a_small_sort_task_and_generates_with_beams(tmp_path, capsys):
     log = [json.loads(line) for line in open(f"{out}/train_log.jsonl")]
     losses = [r["loss"] for r in log if "loss" in r]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
-    code, stdout, err = run(capsys, "eval", "--ckpt", out, "--examples", "100")
-    result = json.loads(stdout)
-    assert code == 0 and result["task"] == "sort" and result["exact_match"] >= 0.9, result
+    code, stdout, err = run(capsys, "eval", "--ckpt", out, "--examples", "300")
+    result = json.loads(stdout)                 # the t5-sort preset (up to 12 digits) is docs/encoders.md's
+    assert code == 0 and result["task"] == "sort" and result["exact_match"] >= 0.99, result
     code, stdout, err = run(capsys, "generate", "--ckpt", out, "--prompt", "312", "--num-beams", "3",
                             "--max-new-tokens", "6")
     assert code == 0 and stdout.strip() == "123", (stdout, err)

@@ -17,11 +17,13 @@ minillm.autograd (which every user of Tensor does) attaches it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 
 import numpy as np
 
 _state = threading.local()
+_recorded = itertools.count(1)     # numbers the tensors Function.apply records, in creation order
 
 
 def is_grad_enabled():
@@ -96,17 +98,24 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = Context()
-        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        if not is_grad_enabled():           # inference: nothing to record (the common decode path)
+        arrays, inputs = [], []                        # inputs: (position, Tensor) of those needing a gradient
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                arrays.append(a.data)
+                if a.requires_grad:
+                    inputs.append((i, a))
+            else:
+                arrays.append(a)
+        if not inputs or not is_grad_enabled():        # nothing to record (inference: the common decode path)
             ctx.needs_input_grad = (False,) * len(args)
-            return Tensor(cls.forward(ctx, *arrays, **kwargs))
-        inputs = [(i, a) for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
-        record = bool(inputs)
-        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad and record for a in args)
-        out = cls.forward(ctx, *arrays, **kwargs)
-        result = Tensor(out, requires_grad=record)
-        if record:
-            result._node = Node(cls, ctx, inputs)
+            return Tensor._wrap(cls.forward(ctx, *arrays, **kwargs), False)
+        needs = [False] * len(args)
+        for i, _ in inputs:
+            needs[i] = True
+        ctx.needs_input_grad = tuple(needs)
+        result = Tensor._wrap(cls.forward(ctx, *arrays, **kwargs), True)
+        result._node = Node(cls, ctx, inputs)
+        result._order = next(_recorded)                # creation order: a topological order of the tape
         return result
 
 
@@ -134,14 +143,28 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # make ndarray (op) Tensor defer to Tensor's reflected ops
+    _order = 0                 # recorded tensors get 1, 2, ... (Function.apply); leaves stay 0
 
     def __init__(self, data, requires_grad=False, dtype=None):
         self.data = _as_array(data, dtype)
-        if requires_grad and not np.issubdtype(self.data.dtype, np.floating):
+        if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require gradients, got {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._node = None
+
+    @classmethod
+    def _wrap(cls, out, requires_grad):
+        """A Tensor around a Function's output (an array, or a NumPy scalar of a reduction), without
+        Tensor()'s conversions: what Function.apply makes for every op."""
+        t = cls.__new__(cls)
+        t.data = out if type(out) is np.ndarray else _as_array(out)
+        if requires_grad and t.data.dtype.kind != "f":
+            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got {t.data.dtype}")
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._node = None
+        return t
 
     # ----- array-like properties
     @property
@@ -216,34 +239,38 @@ class Tensor:
                 pg = input_grads[position] if position < len(input_grads) else None
                 if pg is None:
                     continue
-                if pg.shape != parent.shape:
+                data = parent.data
+                if pg.shape != data.shape:
                     raise RuntimeError(
                         f"{node.function.__name__}.backward returned a gradient of shape {pg.shape} "
-                        f"for an input of shape {parent.shape}")
-                pg = pg.astype(parent.dtype, copy=False)
-                if id(parent) in grads:
-                    grads[id(parent)] = grads[id(parent)] + pg
-                else:
-                    grads[id(parent)] = pg
+                        f"for an input of shape {data.shape}")
+                if pg.dtype != data.dtype:
+                    pg = pg.astype(data.dtype)
+                key = id(parent)
+                earlier = grads.get(key)
+                grads[key] = pg if earlier is None else earlier + pg    # summed over every use
+
 
 def _topological_order(root):
-    """Tensors reachable from root, every tensor after all of its inputs (iterative DFS)."""
-    order, visited = [], set()
-    stack = [(root, False)]
+    """Tensors reachable from root, every tensor after all of its inputs.
+
+    Function.apply numbers each tensor it records (Tensor._order): a tensor's inputs existed
+    before it was made, so creation order is already topological. Collect what is reachable,
+    then sort by that number (leaves, unnumbered, first)."""
+    reachable = {id(root): root}
+    stack = [root]
     while stack:
-        tensor, expanded = stack.pop()
-        if expanded:
-            order.append(tensor)
-            continue
-        if id(tensor) in visited:
-            continue
-        visited.add(id(tensor))
-        stack.append((tensor, True))
-        if tensor._node is not None:
-            for _, parent in tensor._node.inputs:
-                if id(parent) not in visited:
-                    stack.append((parent, False))
-    return order
+        node = stack.pop()._node
+        if node is not None:
+            for _, parent in node.inputs:
+                if id(parent) not in reachable:
+                    reachable[id(parent)] = parent
+                    stack.append(parent)
+    return sorted(reachable.values(), key=_creation_order)
+
+
+def _creation_order(tensor):
+    return tensor._order
 
 
 def tensor(data, requires_grad=False, dtype=None):

@@ -14,13 +14,15 @@ parameter vector (FlatLayout.shard: about 1/N of it). Each step:
 
 Reduce-scatter + all-gather move the same bytes as one all-reduce, so sharding costs no extra
 communication. state_dict() gathers the moments onto rank 0 in exactly the format AdamW saves
-("<name>.m", "<name>.v", "<name>.step" for each parameter that has had a gradient; the step
-counts are kept per parameter, as AdamW keeps them, on every rank), so a sharded run resumes in
+("<name>.m", "<name>.v" and the step count "<name>.step" for each parameter that has had a
+gradient), so a sharded run resumes in
 one process, and load_state_dict() takes that format from any run.
 """
 import math
 
 import numpy as np
+
+from .. import kernels
 
 
 class ZeroAdamW:
@@ -43,7 +45,7 @@ class ZeroAdamW:
         self.m = np.zeros(self.stop - self.start, self.layout.dtype)
         self.v = np.zeros_like(self.m)
         self.seen = np.zeros(len(self.layout.params), bool)              # has had a gradient: has state
-        self.counts = np.zeros(len(self.layout.params), np.int64)        # AdamW's t of each parameter
+        self.counts = np.zeros(len(self.layout.params), np.int64)        # AdamW's t, per parameter
         if adamw.state:
             self.load_state_dict(adamw.state_dict())
 
@@ -70,27 +72,19 @@ class ZeroAdamW:
         return norm
 
     def step(self):
-        """AdamW on this rank's slice (see minillm.optim.AdamW for the formula), then all-gather."""
+        """AdamW on this rank's slice (minillm.optim.AdamW: the same kernel, t counted per parameter),
+        then all-gather."""
         self.step_count += 1
         b1, b2 = self.betas
         flat = self.sync.flat          # the reduced gradients are in shard_grad; reuse it for the gather
         self.seen |= self.sync.present
-        self.counts += self.sync.present               # t counts the steps each parameter had a gradient
+        self.counts[self.sync.present] += 1
         for i, lo, hi in self.segments:
             p = _flat_view(self.layout.params[i].data, self.layout.names[i])[lo:hi]
             if self.sync.present[i]:
-                t = int(self.counts[i])
-                step_size = self.lr / (1 - b1 ** t)
-                bias2 = math.sqrt(1 - b2 ** t)
                 here = self._local(i, lo, hi)
-                m, v, grad = self.m[here], self.v[here], self.sync.shard_grad[here]
-                m *= b1
-                m += (1 - b1) * grad
-                v *= b2
-                v += (1 - b2) * grad * grad
-                if self.weight_decay[i]:
-                    p *= 1 - self.lr * self.weight_decay[i]
-                p -= step_size * m / (np.sqrt(v) / bias2 + self.eps)
+                kernels.adamw_step(p, self.sync.shard_grad[here], self.m[here], self.v[here], self.lr, b1, b2,
+                                   self.eps, self.weight_decay[i], int(self.counts[i]))
             o = self.layout.offsets[i]
             flat[o + lo:o + hi] = p
         self.comm.allgatherv(flat, self.layout.shard_counts(self.comm.size))
@@ -133,8 +127,9 @@ class ZeroAdamW:
         for i, name in enumerate(self.layout.names):
             if f"{name}.m" in state["state"]:
                 self.seen[i] = True
-                saved = state["state"].get(f"{name}.step")       # none in a state from before per-parameter t
-                self.counts[i] = int(np.asarray(saved).reshape(-1)[0]) if saved is not None else self.step_count
+                # a state saved before t was kept per parameter: every earlier step counted
+                count = state["state"].get(f"{name}.step")
+                self.counts[i] = int(np.asarray(count).reshape(-1)[0]) if count is not None else self.step_count
         for i, lo, hi in self.segments:
             name = self.layout.names[i]
             for slot, local in (("m", self.m), ("v", self.v)):

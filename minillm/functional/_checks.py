@@ -12,16 +12,18 @@ def as_input(value):
 
 def check_float(fn, **named):
     """Every named argument is a floating-point array, and all share one dtype."""
-    dtypes = {}
+    first = None
     for name, value in named.items():
         if value is None:
             continue
-        if value.dtype.kind != "f":                   # np.issubdtype(.., np.floating), minus its overhead
-            raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {value.dtype}")
-        dtypes[name] = value.dtype
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{n} {d}" for n, d in dtypes.items())
-        raise TypeError(f"{fn}: arguments must share one dtype, got {listed}; cast them with .astype()")
+        dtype = value.dtype
+        if dtype.kind != "f":                         # np.issubdtype(.., np.floating), minus its overhead
+            raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {dtype}")
+        if first is None:
+            first = dtype
+        elif dtype != first:
+            listed = ", ".join(f"{n} {v.dtype}" for n, v in named.items() if v is not None)
+            raise TypeError(f"{fn}: arguments must share one dtype, got {listed}; cast them with .astype()")
 
 
 def check_ndim(fn, name, value, ndim=None, min_ndim=None):

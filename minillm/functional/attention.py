@@ -47,26 +47,99 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
                          "(axis 3) must match")
     if H % Hkv != 0:
         raise ValueError(f"attention: q has {H} heads but k has {Hkv}; n_heads must be a multiple of n_kv_heads")
-    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
-        raise ValueError(f"attention: window must be a positive int or None, got {window!r}")
-    if alibi_slopes is not None:
-        alibi_slopes = np.asarray(alibi_slopes.data if isinstance(alibi_slopes, Tensor) else alibi_slopes)
-        if alibi_slopes.shape != (H,):
-            raise ValueError(f"attention: alibi_slopes has shape {alibi_slopes.shape}; it must be ({H},), one per head")
-    if key_padding_mask is not None:
-        key_padding_mask = np.asarray(key_padding_mask)
-        if key_padding_mask.dtype != bool:
-            raise TypeError(f"attention: key_padding_mask must be bool (True = keep), got {key_padding_mask.dtype}")
-        if key_padding_mask.shape != (B, S):
-            raise ValueError(f"attention: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
+    options = _attention_options("attention", B, H, S, causal, window, alibi_slopes, key_padding_mask)
     if bias is not None or scale is not None:
         if window is not None or alibi_slopes is not None:
             raise ValueError("attention: bias and scale do not combine with window or alibi_slopes")
         from .attention_bias import attention_bias
-        return attention_bias(q, k, v, bias, scale, causal, key_padding_mask)
-    options = dict(causal=bool(causal), window=None if window is None else int(window),
-                   alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
+        return attention_bias(q, k, v, bias, scale, causal, options["key_padding_mask"])
     return AttentionFn.apply(q, k, v, options)
+
+
+class PackedAttentionFn(Function):
+    """Multi-head attention on packed projections, one node: qkv (B, T, (H + 2 Hkv) D) -> y (B, T, H D).
+
+    forward:   q, k, v = the head blocks of qkv as (B, H, T, D), (B, Hkv, T, D), (B, Hkv, T, D)
+               q, k    = rope(q), rope(k)                        (when rotary tables are given)
+               out     = attention(q, k, v)                      (flash-style, with its lse)
+               y       = out with the heads side by side again   (B, T, H D)
+    backward:  the same steps in reverse: dout from dy, (dq, dk, dv) from attention's backward,
+               dq and dk rotated back, and the three packed into dqkv like qkv.
+    The copies between the packed and per-head layouts are the only ones (the kernels want each
+    head contiguous); the tape holds one node where the composition holds a dozen.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, heads, rope_tables, options):
+        H, Hkv = heads
+        B, T, width = qkv.shape
+        D = width // (H + 2 * Hkv)
+        blocks = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)       # (B, H + 2 Hkv, T, D), a view
+        q, k, v = (np.ascontiguousarray(blocks[:, a:b]) for a, b in ((0, H), (H, H + Hkv), (H + Hkv, H + 2 * Hkv)))
+        if rope_tables is not None:
+            q, k = kernels.rope_forward(q, *rope_tables), kernels.rope_forward(k, *rope_tables)
+        out, lse = kernels.attention_forward(q, k, v, **options)               # (B, H, T, D)
+        ctx.save(q, k, v, out, lse, heads, rope_tables, options)
+        return out.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, out, lse, (H, Hkv), rope_tables, options = ctx.saved
+        B, _, T, D = q.shape
+        dout = np.ascontiguousarray(dy.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+        dq, dk, dv = kernels.attention_backward(dout, q, k, v, out, lse, **options)
+        if rope_tables is not None:
+            dq, dk = kernels.rope_backward(dq, *rope_tables), kernels.rope_backward(dk, *rope_tables)
+        dqkv = np.empty((B, T, H + 2 * Hkv, D), dtype=dy.dtype)
+        dqkv[:, :, :H], dqkv[:, :, H:H + Hkv], dqkv[:, :, H + Hkv:] = (g.transpose(0, 2, 1, 3) for g in (dq, dk, dv))
+        return dqkv.reshape(B, T, -1)
+
+
+def packed_attention(qkv, n_heads, n_kv_heads, positions=None, rope_theta=None, causal=True, window=None,
+                     alibi_slopes=None, key_padding_mask=None):
+    """Self-attention of the heads packed in qkv, one node (see PackedAttentionFn).
+
+    qkv: (B, T, (n_heads + 2 n_kv_heads) D), the q, k and v projections side by side as
+    F.fused_linear makes them. rope_theta: rotate q and k at positions (T,) or (B, T) (default
+    0..T-1); None: no rotation. The rest as in attention(). Returns (B, T, n_heads D).
+    """
+    qkv = as_input(qkv)
+    check_float("packed_attention", qkv=qkv)
+    check_ndim("packed_attention", "qkv", qkv, ndim=3)
+    B, T, width = qkv.shape
+    if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads or width % (n_heads + 2 * n_kv_heads):
+        raise ValueError(f"packed_attention: qkv has shape {qkv.shape}; its last axis must hold n_heads "
+                         f"{n_heads} + 2 n_kv_heads {n_kv_heads} heads of one size, n_heads a multiple of n_kv_heads")
+    D = width // (n_heads + 2 * n_kv_heads)
+    tables = None
+    if rope_theta is not None:
+        if D % 2:
+            raise ValueError(f"packed_attention: RoPE needs an even head dim, got D = {D}")
+        positions = np.arange(T) if positions is None else np.asarray(positions)
+        if not np.issubdtype(positions.dtype, np.integer) or positions.shape not in ((T,), (B, T)):
+            raise ValueError(f"packed_attention: positions must be ints of shape ({T},) or ({B}, {T}), got "
+                             f"{positions.dtype} {positions.shape}")
+        tables = rope_tables(positions, D, rope_theta, qkv.dtype)
+    options = _attention_options("packed_attention", B, n_heads, T, causal, window, alibi_slopes, key_padding_mask)
+    return PackedAttentionFn.apply(qkv, (n_heads, n_kv_heads), tables, options)
+
+
+def _attention_options(fn, B, H, S, causal, window, alibi_slopes, key_padding_mask):
+    """The attention kernels' keyword options, checked."""
+    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"{fn}: window must be a positive int or None, got {window!r}")
+    if alibi_slopes is not None:
+        alibi_slopes = np.asarray(alibi_slopes.data if isinstance(alibi_slopes, Tensor) else alibi_slopes)
+        if alibi_slopes.shape != (H,):
+            raise ValueError(f"{fn}: alibi_slopes has shape {alibi_slopes.shape}; it must be ({H},), one per head")
+    if key_padding_mask is not None:
+        key_padding_mask = np.asarray(key_padding_mask)
+        if key_padding_mask.dtype != bool:
+            raise TypeError(f"{fn}: key_padding_mask must be bool (True = keep), got {key_padding_mask.dtype}")
+        if key_padding_mask.shape != (B, S):
+            raise ValueError(f"{fn}: key_padding_mask has shape {key_padding_mask.shape}; it must be ({B}, {S})")
+    return dict(causal=bool(causal), window=None if window is None else int(window),
+                alibi_slopes=alibi_slopes, key_padding_mask=key_padding_mask)
 
 
 class RoPEFn(Function):
@@ -99,14 +172,22 @@ def rope(x, positions, theta=10000.0):
         raise ValueError(f"rope: positions has shape {positions.shape}; it must be ({T},) or ({B}, {T})")
     if not theta > 0:
         raise ValueError(f"rope: theta must be positive, got {theta}")
-    cos, sin = _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, D, theta, x.dtype.str)
+    cos, sin = rope_tables(positions, D, theta, x.dtype)
     return RoPEFn.apply(x, cos, sin)
+
+
+def rope_tables(positions, head_dim, theta, dtype):
+    """(cos, sin) of kernels.rope_angles for integer positions (T,) or (B, T), read-only and cached:
+    training repeats one arange every step, and the 2 * n_layer rope calls of a decode step share
+    their positions."""
+    positions = np.asarray(positions)
+    return _rope_angles(positions.tobytes(), positions.dtype.str, positions.shape, head_dim, theta,
+                        np.dtype(dtype).str)
 
 
 @functools.lru_cache(maxsize=64)
 def _rope_angles(position_bytes, position_dtype, shape, D, theta, dtype):
-    """kernels.rope_angles, cached: training repeats one arange every step, and the 2 * n_layer
-    rope calls of a decode step share their positions. The arrays are never written to."""
+    """kernels.rope_angles, cached by value (see rope_tables). The arrays are never written to."""
     positions = np.frombuffer(position_bytes, dtype=position_dtype).reshape(shape)
     cos, sin = kernels.rope_angles(positions, D, theta, np.dtype(dtype))
     cos.flags.writeable = sin.flags.writeable = False

@@ -223,20 +223,24 @@ def cross_entropy_backward(dloss, state, targets, ignore_index=-100, reduction="
     return reference.softmax.cross_entropy_backward(dloss, state, targets, ignore_index, reduction)
 
 
-# ---- rotary positions (NumPy on both backends)
+# ---- rotary positions
 
 def rope_angles(positions, head_dim, theta, dtype):
-    """(cos, sin) of the rotation angles, each (..., T, head_dim)."""
+    """(cos, sin) of the rotation angles, each (..., T, head_dim) (NumPy on both backends: they are cached)."""
     return reference.rope.rope_angles(positions, head_dim, theta, dtype)
 
 
 def rope_forward(x, cos, sin):
     """y = x * cos + rotate_half(x) * sin."""
+    if _native:
+        return native.rope.rope_forward(x, cos, sin)
     return reference.rope.rope_forward(x, cos, sin)
 
 
 def rope_backward(dy, cos, sin):
     """dx: the rotation back, dy * cos + rotate_half^T(dy * sin)."""
+    if _native:
+        return native.rope.rope_backward(dy, cos, sin)
     return reference.rope.rope_backward(dy, cos, sin)
 
 
@@ -257,6 +261,25 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, window=None, alibi_
                                                    key_padding_mask)
     return reference.attention.attention_backward(dout, q, k, v, out, lse, causal, window, alibi_slopes,
                                                   key_padding_mask)
+
+
+def kv_attention_forward(q, k_cache, v_cache, length, causal=True, window=None, alibi_slopes=None,
+                         key_padding_mask=None):
+    """out of attention_forward over the first `length` positions of a KV cache (B, Hkv, L, D), read in place."""
+    if _native:
+        return native.kv_attention.kv_attention_forward(q, k_cache, v_cache, length, causal, window, alibi_slopes,
+                                                        key_padding_mask)
+    return reference.kv_attention.kv_attention_forward(q, k_cache, v_cache, length, causal, window, alibi_slopes,
+                                                       key_padding_mask)
+
+
+# ---- optimizer
+
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW update of p, m, v in place, from the gradient g, at update `step` (from 1)."""
+    if _native:
+        return native.optim.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+    return reference.optim.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
 
 
 # ---- attention with an additive bias, T5's relative position bias (NumPy on both backends)

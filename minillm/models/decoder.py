@@ -146,16 +146,30 @@ class DecoderLM(nn.Module):
         key_padding_mask: (B, S) bool, True = real token, over the cache and the new tokens.
         caches: a list of nn.KVCache, one per block (see new_caches), when generating.
         """
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"DecoderLM: ids must be (B, T), got shape {ids.shape}")
+        ids, positions = self._check_inputs(ids, positions, caches)
+        x = self._hidden(ids, positions, key_padding_mask, caches)                     # (B, T, C)
+        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)   # (B, T, V)
+        if targets is None:
+            return logits
+        targets = self._check_targets(ids, targets)
         B, T = ids.shape
-        start = caches[0].length if caches else 0
-        if positions is None:
-            positions = np.arange(start, start + T)
-        if np.max(positions, initial=0) >= self.config.block_size:
-            raise ValueError(f"DecoderLM: position {int(np.max(positions))} is beyond the context length "
-                             f"{self.config.block_size}")
+        return logits, self._objective(F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)))
+
+    def loss(self, ids, targets):
+        """forward's loss alone, what training computes: the head and the cross-entropy are one node
+        (F.linear_cross_entropy) that drops the (B * T, V) logits as soon as it has their gradient."""
+        ids, positions = self._check_inputs(ids, None, None)
+        targets = self._check_targets(ids, targets)
+        x = self._hidden(ids, positions, None, None)
+        B, T, C = x.shape
+        head = getattr(self.lm_head if self.lm_head is not None else self.wte, "weight", None)
+        if not isinstance(head, Tensor):                # a quantized head: the logits, then the loss
+            logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)
+            return self._objective(F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)))
+        return self._objective(F.linear_cross_entropy(x.reshape(B * T, C), head, targets.reshape(-1)))
+
+    def _hidden(self, ids, positions, key_padding_mask, caches):
+        """The embeddings through the blocks and the final norm: (B, T, C), what the head reads."""
         x = self.wte(ids)                                          # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -164,14 +178,16 @@ class DecoderLM(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, key_padding_mask, caches[i] if caches else None)
-        x = self.norm_f(x)
-        logits = self.lm_head(x) if self.lm_head is not None else self.wte.attend(x)   # (B, T, V)
-        if targets is None:
-            return logits
+        return self.norm_f(x)
+
+    def _check_targets(self, ids, targets):
         targets = np.asarray(targets)
-        if targets.shape != (B, T):
+        if targets.shape != ids.shape:
             raise ValueError(f"DecoderLM: targets must have the shape of ids {ids.shape}, got {targets.shape}")
-        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+        return targets
+
+    def _objective(self, loss):
+        """The cross-entropy, plus an MoE model's router losses while training (see forward)."""
         self._last_ce = float(loss.data)
         moe = self.moe_layers()
         if moe and self.training:
@@ -180,7 +196,38 @@ class DecoderLM(nn.Module):
                 loss = loss + sum((m.aux_loss for m in moe[1:]), moe[0].aux_loss) * c.aux_loss_coef
             if c.z_loss_coef:
                 loss = loss + sum((m.z_loss for m in moe[1:]), moe[0].z_loss) * c.z_loss_coef
-        return logits, loss
+        return loss
+
+    def infer(self, ids, positions=None, key_padding_mask=None, caches=None, last_only=False):
+        """forward without the tape, on arrays, for generation: ids (B, T) -> logits (B, T, V) array.
+
+        Each block runs its infer (the same math as forward, straight to the kernels, q/k/v and
+        gate/up each as one matmul); last_only: logits of the last position only, (B, 1, V), which
+        is all sampling needs (it skips the head's matmul for the rest of a prompt).
+        """
+        ids, positions = self._check_inputs(ids, positions, caches)
+        x = self.wte.infer(ids)                                    # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe.infer(positions)
+        elif self.sinusoids is not None:
+            x = x + self.sinusoids[positions]
+        for i, block in enumerate(self.blocks):
+            x = block.infer(x, positions, key_padding_mask, caches[i] if caches else None)
+        x = self.norm_f.infer(x[:, -1:] if last_only else x)
+        return self.lm_head.infer(x) if self.lm_head is not None else self.wte.infer_attend(x)   # (B, T, V)
+
+    def _check_inputs(self, ids, positions, caches):
+        """ids as a (B, T) array and the positions (default: after what the caches hold), checked."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"DecoderLM: ids must be (B, T), got shape {ids.shape}")
+        start = caches[0].length if caches else 0
+        if positions is None:
+            positions = np.arange(start, start + ids.shape[1])
+        if np.max(positions, initial=0) >= self.config.block_size:
+            raise ValueError(f"DecoderLM: position {int(np.max(positions))} is beyond the context length "
+                             f"{self.config.block_size}")
+        return ids, positions
 
     def moe_layers(self):
         """The nn.MoE feed-forwards, in block order (empty for a dense model)."""

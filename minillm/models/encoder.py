@@ -151,6 +151,10 @@ class EncoderModel(nn.Module):
         logits = self.mlm_logits(h.reshape(-1, h.shape[-1])[rows])                     # (N, V)
         return logits, F.cross_entropy(logits, targets.reshape(-1)[rows])
 
+    def loss(self, ids, targets, token_type_ids=None, attention_mask=None):
+        """forward's MLM loss alone (what the training loop calls)."""
+        return self(ids, targets, token_type_ids, attention_mask)[1]
+
     def moe_stats(self):
         return None
 

@@ -211,6 +211,10 @@ class EncoderDecoderModel(nn.Module):
                              f"{self.config.block_size}")
         return ids
 
+    def loss(self, src, targets, src_mask=None):
+        """forward's loss alone (what the training loop calls)."""
+        return self(src, targets, src_mask)[1]
+
     def moe_stats(self):
         return None
 

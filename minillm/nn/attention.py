@@ -2,10 +2,16 @@
 import numpy as np
 
 from .. import functional as F
+from .. import kernels
 from ..autograd import Tensor
 from .config import BlockConfig
+from .fused import FusedProjection
 from .layers import Linear
 from .module import Module
+
+# Up to this many new queries attend to a KV cache in place (kernels.kv_attention_forward, one row of
+# scores at a time); more (a prompt) go to the tiled attention_forward on the cache's copied prefix.
+KV_ATTENTION_MAX_T = 8
 
 
 class Attention(Module):
@@ -30,16 +36,37 @@ class Attention(Module):
         self.wk = Linear(c.d_model, kv_dim, **init)
         self.wv = Linear(c.d_model, kv_dim, **init)
         self.wo = Linear(c.d_model, c.d_model, **init)
+        self.qkv = FusedProjection()          # [W_q; W_k; W_v] as one matrix, for forward and infer
 
     def forward(self, x, positions=None, key_padding_mask=None, cache=None):
         """x: (B, T, C) -> (B, T, C). positions: (T,) or (B, T) ints for RoPE (default 0..T-1).
+
+        Three nodes: q, k and v projected by one matmul (F.fused_linear), the heads' attention with
+        RoPE (F.packed_attention), the output projection. With a KV cache, or quantized projections,
+        it runs composed() instead: the same layer made of the small ops.
+        """
+        self._check_input(x)
+        projections = (self.wq, self.wk, self.wv)
+        if cache is not None or not all(isinstance(m, Linear) for m in projections):
+            return self.composed(x, positions, key_padding_mask, cache)
+        weights = [m.weight for m in projections]
+        biases = None if self.wq.bias is None else [m.bias for m in projections]
+        qkv = F.fused_linear(x, weights, biases, stacked=self.qkv.stacked(weights, biases))   # (B, T, (H + 2 Hkv) D)
+        y = F.packed_attention(qkv, self.n_heads, self.n_kv_heads, positions,
+                               self.rope_theta if self.positions == "rope" else None, self.causal, self.window,
+                               self.alibi_slopes, key_padding_mask)                       # (B, T, C)
+        return self.wo(y)
+
+    def composed(self, x, positions=None, key_padding_mask=None, cache=None):
+        """forward as the composition of the small nodes (three linears, reshapes, rope, attention):
+        the reference the fused nodes are held to, and the path of a KV cache (whose keys and
+        values are constants: no gradient flows through a cache).
 
         With a KVCache the new keys and values are appended to it and the T queries attend to
         everything cached so far (they are its last T positions); key_padding_mask then covers
         the whole cache, (B, cache.length + T).
         """
-        if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
-            raise ValueError(f"Attention: x must be (B, T, {self.wq.in_features}), got shape {x.shape}")
+        self._check_input(x)
         B, T, C = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.wq(x).reshape(B, T, H, D).transpose(0, 2, 1, 3)       # (B, H, T, D)
@@ -55,6 +82,33 @@ class Attention(Module):
                         key_padding_mask=key_padding_mask)              # (B, H, T, D)
         return self.wo(y.transpose(0, 2, 1, 3).reshape(B, T, C))
 
+    def _check_input(self, x):
+        if x.ndim != 3 or x.shape[-1] != self.wq.in_features:
+            raise ValueError(f"Attention: x must be (B, T, {self.wq.in_features}), got shape {x.shape}")
+
+    def infer(self, x, positions=None, key_padding_mask=None, cache=None):
+        """forward on arrays, without the tape: x (B, T, C) -> (B, T, C), q, k and v from one matmul."""
+        self._check_input(x)
+        B, T, C = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        projections = (self.wq, self.wk, self.wv)
+        biases = None if self.wq.bias is None else [m.bias for m in projections]
+        qkv = self.qkv(x, [m.weight for m in projections], biases)              # (B, T, (H + 2 Hkv) D)
+        heads = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)        # (B, H + 2 Hkv, T, D)
+        q, k, v = heads[:, :H], heads[:, H:H + Hkv], heads[:, H + Hkv:]
+        if self.positions == "rope":
+            cos, sin = F.rope_tables(np.arange(T) if positions is None else positions, D, self.rope_theta, x.dtype)
+            q, k = kernels.rope_forward(q, cos, sin), kernels.rope_forward(k, cos, sin)
+        options = (self.causal, self.window, self.alibi_slopes, key_padding_mask)
+        if cache is not None and T <= KV_ATTENTION_MAX_T:                      # a decode step: read the cache in place
+            cache.append(k, v)
+            y = kernels.kv_attention_forward(q, cache.k, cache.v, cache.length, *options)
+        else:                                                                   # a prompt: the tiled kernel
+            if cache is not None:
+                k, v = cache.append(k, v)                                       # (B, Hkv, S, D)
+            y, _ = kernels.attention_forward(q, k, v, *options)                 # (B, H, T, D)
+        return self.wo.infer(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
     def extra_repr(self):
         return (f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
                 f"positions={self.positions}, causal={self.causal}, window={self.window}")
@@ -68,8 +122,12 @@ class KVCache:
     """
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype=np.float32):
-        self.k = np.zeros((batch, n_kv_heads, max_len, head_dim), dtype=dtype)
-        self.v = np.zeros_like(self.k)
+        # written through now: np.zeros would leave the pages to be faulted in (and zeroed by the
+        # kernel) one by one as decode steps first touch them, inside the token loop
+        self.k = np.empty((batch, n_kv_heads, max_len, head_dim), dtype=dtype)
+        self.v = np.empty_like(self.k)
+        self.k.fill(0)
+        self.v.fill(0)
         self.length = 0
 
     def append(self, k, v):

@@ -40,3 +40,8 @@ class TransformerBlock(Module):
         """x: (B, T, C) -> (B, T, C). cache: this block's KVCache when generating."""
         x = x + self.dropout(self.attn(self.norm1(x), positions, key_padding_mask, cache))
         return x + self.dropout(self.ffn(self.norm2(x)))
+
+    def infer(self, x, positions=None, key_padding_mask=None, cache=None):
+        """forward on arrays, without the tape (and without dropout, as in eval mode)."""
+        x = x + self.attn.infer(self.norm1.infer(x), positions, key_padding_mask, cache)
+        return x + self.ffn.infer(self.norm2.infer(x))

@@ -1,8 +1,14 @@
 """The basic layers: Linear, Embedding, RMSNorm, LayerNorm, Dropout, and the two feed-forwards
-(SwiGLU for Llama, a GELU MLP for GPT-2)."""
+(SwiGLU for Llama, a GELU MLP for GPT-2).
+
+Each has forward (Tensors, one node per op on the tape: what training runs) and infer (the same
+math on NumPy arrays, straight to the kernels, no tape: what generation runs).
+"""
 import numpy as np
 
 from .. import functional as F
+from .. import kernels
+from .fused import FusedProjection
 from .module import Module, Parameter, default_rng
 
 
@@ -21,6 +27,9 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
+    def infer(self, x):
+        return kernels.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
@@ -38,6 +47,16 @@ class Embedding(Module):
         """x (..., dim) -> (..., num_embeddings) = x weight^T: the table used as a tied output head."""
         return F.linear(x, self.weight)
 
+    def infer(self, ids):
+        V = self.weight.shape[0]
+        if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() >= V)):
+            raise ValueError(f"embedding: ids must be integers in [0, {V}), got {ids.dtype} ids"
+                             + (f" in [{ids.min()}, {ids.max()}]" if ids.size and ids.dtype.kind in "iu" else ""))
+        return kernels.embedding_forward(ids, self.weight.data)
+
+    def infer_attend(self, x):
+        return kernels.linear_forward(x, self.weight.data)
+
     def extra_repr(self):
         return f"{self.weight.shape[0]}, {self.weight.shape[1]}"
 
@@ -49,6 +68,9 @@ class RMSNorm(Module):
 
     def forward(self, x):
         return F.rms_norm(x, self.weight, self.eps)
+
+    def infer(self, x):
+        return kernels.rms_norm_forward(x, self.weight.data, self.eps)[0]
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -62,6 +84,9 @@ class LayerNorm(Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def infer(self, x):
+        return kernels.layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)[0]
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -90,9 +115,15 @@ class SwiGLU(Module):
         self.w_gate = normal((hidden_dim, dim), init_std, rng, dtype)
         self.w_up = normal((hidden_dim, dim), init_std, rng, dtype)
         self.w_down = normal((dim, hidden_dim), init_std, rng, dtype)
+        self.gate_up = FusedProjection()               # [W_gate; W_up] as one matrix for infer
 
     def forward(self, x):
         return F.swiglu(x, self.w_gate, self.w_up, self.w_down)
+
+    def infer(self, x):
+        h = self.gate_up(x, [self.w_gate, self.w_up])                          # (..., 2F): gate | up
+        F_ = h.shape[-1] // 2
+        return kernels.linear_forward(kernels.silu_forward(h[..., :F_]) * h[..., F_:], self.w_down.data)
 
     def extra_repr(self):
         return f"{self.w_gate.shape[1]}, hidden={self.w_gate.shape[0]}"
@@ -107,6 +138,9 @@ class MLP(Module):
 
     def forward(self, x):
         return self.proj(F.gelu(self.fc(x)))
+
+    def infer(self, x):
+        return self.proj.infer(kernels.gelu_forward(self.fc.infer(x)))
 
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}   # a config's norm name -> its layer

@@ -51,15 +51,22 @@ class Module:
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def named_parameters(self, prefix=""):
+        """(dotted name, Parameter) of this module and its sub-modules, in the order they were set."""
+        found = []
+        self._collect_parameters(prefix, found)
+        return iter(found)
+
+    def _collect_parameters(self, prefix, found):
         for name, value in vars(self).items():
-            full = f"{prefix}.{name}" if prefix else name
             if isinstance(value, Parameter):
-                yield full, value
+                found.append((f"{prefix}.{name}" if prefix else name, value))
             elif isinstance(value, Module):
-                yield from value.named_parameters(full)
+                value._collect_parameters(f"{prefix}.{name}" if prefix else name, found)
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        found = []
+        self._collect_parameters("", found)
+        return [p for _, p in found]
 
     def num_parameters(self):
         return sum(p.size for p in self.parameters())

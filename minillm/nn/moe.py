@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from .. import functional as F
+from .. import kernels
 from ..functional.moe import combine, gather_rows, load_balancing_loss, router_z_loss, top_k_gates
 from .layers import MLP, Linear, SwiGLU
 from .module import Module, ModuleList
@@ -145,6 +146,20 @@ class MoE(Module):
         self.stats = {"load": fraction, "dropped": float(1.0 - r["kept"].sum() / (N * self.top_k)),
                       "aux_loss": float(self.aux_loss.data), "z_loss": float(self.z_loss.data)}
         return out.reshape(shape)
+
+    def infer(self, x):
+        """forward in eval mode on arrays, without the tape (no capacity limit; aux_loss, z_loss and
+        stats are left as the last forward set them)."""
+        xs = x.reshape(-1, x.shape[-1])                                # (N, C)
+        probs = kernels.softmax_forward(self.router.infer(xs))         # (N, E)
+        idx = top_k_experts(probs, self.top_k)                         # (N, k)
+        gates = np.take_along_axis(probs, idx, axis=1)                 # (N, k)
+        if self.renormalize_gates and self.top_k > 1:
+            gates = gates / gates.sum(axis=1, keepdims=True)
+        out = np.zeros_like(xs)
+        for e, (tokens, ranks) in route(idx, self.n_experts)["plan"].items():
+            out[tokens] += gates[tokens, ranks][:, None] * self.experts[e].infer(xs[tokens])
+        return out.reshape(x.shape)
 
     def extra_repr(self):
         return (f"n_experts={self.n_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor}, "

@@ -24,6 +24,7 @@ from .. import functional as F
 from .. import kernels
 from ..autograd import Tensor
 from ..kernels.reference.quant import GROUP, SCHEMES
+from .fused import FusedProjection
 from .layers import Embedding, Linear, SwiGLU
 from .module import Module, Parameter
 
@@ -72,6 +73,12 @@ class QuantizedWeights(Module):
         """x (..., in) -> (..., out) = x W^T + bias, as one autograd node (gradient to x only)."""
         return F.quantized_linear(x, self.scheme, self.q, self.scale, self.min, bias)
 
+    def infer(self, x, bias=None):
+        """matmul on arrays, without the tape: x (..., in) -> (..., out)."""
+        y = kernels.quant_matmul(x.reshape(-1, x.shape[-1]), self.scheme, self.q, self.scale, self.min,
+                                 None if bias is None else bias.data)
+        return y.reshape(*x.shape[:-1], self.out_features).astype(x.dtype, copy=False)
+
     def dequantize(self, rows=None):
         """The float32 weight (or only the given rows) that the quantized arrays stand for."""
         pick = (lambda a: a) if rows is None else (lambda a: a[rows])
@@ -101,6 +108,9 @@ class QuantizedLinear(Module):
     def forward(self, x):
         return self.weight.matmul(x, self.bias)
 
+    def infer(self, x):
+        return self.weight.infer(x, self.bias)
+
 
 class QuantizedSwiGLU(Module):
     """(silu(x W_gate^T) * (x W_up^T)) W_down^T with the three weights quantized."""
@@ -112,9 +122,15 @@ class QuantizedSwiGLU(Module):
         self.w_gate = QuantizedWeights(scheme, hidden_dim, dim, get("w_gate"))
         self.w_up = QuantizedWeights(scheme, hidden_dim, dim, get("w_up"))
         self.w_down = QuantizedWeights(scheme, dim, hidden_dim, get("w_down"))
+        self.gate_up = FusedProjection()               # [W_gate; W_up] as one quantized matrix for infer
 
     def forward(self, x):
         return self.w_down.matmul(F.silu(self.w_gate.matmul(x)) * self.w_up.matmul(x))
+
+    def infer(self, x):
+        h = self.gate_up(x, [self.w_gate, self.w_up])                          # (..., 2F): gate | up
+        F_ = h.shape[-1] // 2
+        return self.w_down.infer(kernels.silu_forward(h[..., :F_]) * h[..., F_:])
 
 
 class QuantizedEmbedding(Module):
@@ -137,6 +153,12 @@ class QuantizedEmbedding(Module):
 
     def attend(self, x):
         return self.table.matmul(x)
+
+    def infer(self, ids):
+        return self.forward(ids).data
+
+    def infer_attend(self, x):
+        return self.table.infer(x)
 
 
 def _replacement(name, module, scheme, build):

@@ -41,7 +41,7 @@ else:
 
 AVAILABLE = _C is not None
 
-from . import activation, attention, gelu_erf, linear, norm, quant, softmax  # noqa: E402 (they read _C above)
+from . import activation, attention, gelu_erf, kv_attention, linear, norm, optim, quant, rope, softmax  # noqa: E402 (they read _C above)
 
 KERNELS = {kernel.__name__: kernel for kernel in (
     linear.matmul, linear.linear_forward, linear.linear_backward, linear.swiglu_forward, linear.swiglu_backward,
@@ -52,4 +52,5 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     activation.gelu_forward, activation.gelu_backward, activation.silu_forward, activation.silu_backward,
     gelu_erf.gelu_erf_forward, gelu_erf.gelu_erf_backward,
     quant.quantize_activations, quant.quant_matmul,
+    rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, optim.adamw_step,
 )} if AVAILABLE else {}

@@ -13,8 +13,10 @@ from .attention_bias import (
     relative_position_buckets,
 )
 from .gelu_erf import gelu_erf_backward, gelu_erf_forward, relu_backward, relu_forward
+from .kv_attention import kv_attention_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .norm import layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward
+from .optim import adamw_step
 from .positions import alibi_slopes, sinusoidal_positions
 from .quant import dequantize_weights, quant_matmul, quantize_activations, quantize_weights
 from .rope import rope_angles, rope_backward, rope_forward
@@ -32,7 +34,8 @@ KERNELS = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "rope_angles", "rope_forward", "rope_backward",
-    "attention_forward", "attention_backward",
+    "attention_forward", "attention_backward", "kv_attention_forward",
+    "adamw_step",
     "gelu_erf_forward", "gelu_erf_backward", "relu_forward", "relu_backward",
     "attention_bias_forward", "attention_bias_backward", "relative_position_buckets",
     "relative_position_bias_forward", "relative_position_bias_backward",
