@@ -130,6 +130,22 @@ def test_one_entry_point_builds_every_family_and_old_configs_stay_decoders():
         models.model_config_from_dict({"family": "encoder", "n_kv_head": 2})
 
 
+@pytest.mark.parametrize("family,knobs", [
+    ("encoder", {}), ("encoder", dict(norm_position="pre", type_vocab_size=0, mlm_head=False, bias=False,
+                                      norm="rmsnorm")),
+    ("encoder_decoder", {}), ("encoder_decoder", dict(positions="learned", gated=True, bias=True, head_dim=5,
+                                                      tie_embeddings=False, norm="layernorm", norm_position="post")),
+])
+def test_closed_form_parameter_counts_equal_the_built_models(family, knobs):
+    """scaling/family_counts.py, which the memory check and `minillm scaling count` use."""
+    from minillm.scaling.counts import count_parameters
+    config = models.model_config_from_dict({"family": family, **(TINY_BERT if family == "encoder" else TINY_T5),
+                                            **knobs})
+    model = models.build_model(config, rng=np.random.default_rng(0))
+    assert count_parameters(config) == model.num_parameters()
+    assert count_parameters(config, exclude_embeddings=True) == model.num_parameters(exclude_embeddings=True)
+
+
 def test_encoder_inputs_are_checked():
     model = EncoderModel(EncoderConfig(**TINY_BERT), rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="more than the 8 positions"):

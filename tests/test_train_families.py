@@ -110,3 +110,15 @@ def test_a_task_the_family_does_not_know_is_one_line(tmp_path, capsys):
                                   "train": {"task": "translate"}}))
     code, _, err = run(capsys, "train", "--config", str(config), "--out", str(tmp_path / "x"), "--no-progress")
     assert code == 2 and "train.task must be one of" in err
+
+
+@pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])
+def test_a_model_too_big_for_the_memory_is_refused_before_it_is_built(tmp_path, capsys, family):
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({"model": {"family": family, "vocab_size": None, "n_layer": 10 ** 9, "n_embd": 64,
+                                            "n_head": 2},
+                                  "train": {"task": "sort"} if family == "encoder_decoder" else {}}))
+    out = tmp_path / "huge"
+    code, _, err = run(capsys, "train", "--config", str(config), "--out", str(out), "--no-progress")
+    assert code == 2 and "parameters" in err and "more than this machine's" in err, err
+    assert not out.exists() or not any(out.iterdir())
