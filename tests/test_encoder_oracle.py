@@ -71,6 +71,21 @@ def test_minilm_batched_equals_one_text_at_a_time(minilm):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_minilm_embed_command_equals_sentence_transformers(minilm, capsys):
+    import json
+    st = pytest.importorskip("sentence_transformers")
+    from minillm.cli import main
+    texts = TEXTS[:3]
+    theirs = st.SentenceTransformer(minilm_dir(), device="cpu").encode(texts, convert_to_numpy=True)
+    assert main(["embed", "--model", "all-minilm-l6-v2", *sum([["--text", t] for t in texts], [])]) == 0
+    ours = np.array([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert main(["embed", "--model", "all-minilm-l6-v2", "--similarity", *sum([["--text", t] for t in texts], [])]) == 0
+    matrix = np.array([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    np.testing.assert_allclose(matrix, theirs @ theirs.T, atol=1e-5)
+    assert matrix[0, 1] > matrix[0, 2]          # eating food is closer to eating bread than to carrying a baby
+
+
 def test_minilm_knows_its_pooling_and_normalises(minilm):
     model, _ = minilm
     assert model.embedding == {"pooling": ("mean",), "normalize": True, "max_length": 256}

@@ -103,6 +103,38 @@ def test_greedy_generation_with_the_caches_equals_rerunning_the_decoder():
     assert got == [greedy_without_cache(model, s, 6) for s in sources]
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_source_is_encoded_and_projected_for_cross_attention_once_per_generation(monkeypatch, num_beams):
+    """The encoder runs once and each decoder block's cross-attention K/V are made once (not per
+    token); the decoder's self-attention runs one new position a step on its KV cache."""
+    model = tiny_model()
+    calls = {"encode": 0, "project_kv": 0, "decode_tokens": []}
+    encode, decode = model.encode, model.decode
+    projections = [block.cross.project_kv for block in model.decoder]
+
+    def counting(i):
+        def project(memory):
+            calls["project_kv"] += 1
+            return projections[i](memory)
+        return project
+
+    def counted_encode(*a, **k):
+        calls["encode"] += 1
+        return encode(*a, **k)
+
+    def counted_decode(tgt, *a, **k):
+        calls["decode_tokens"].append(np.shape(tgt)[1])
+        return decode(tgt, *a, **k)
+
+    monkeypatch.setattr(model, "encode", counted_encode)
+    monkeypatch.setattr(model, "decode", counted_decode)
+    for i, block in enumerate(model.decoder):
+        monkeypatch.setattr(block.cross, "project_kv", counting(i))
+    out = generate_seq2seq(model, [[3, 4, 5, 6, 1], [7, 8, 1]], max_new_tokens=6, num_beams=num_beams)
+    assert calls["encode"] == 1 and calls["project_kv"] == len(model.decoder)
+    assert set(calls["decode_tokens"]) == {1} and len(calls["decode_tokens"]) >= max(len(o) for o in out)
+
+
 def log_probs(model, source, prefix):
     """log p(next token | source, prefix) over the vocabulary, by a plain teacher-forced pass."""
     with no_grad():
