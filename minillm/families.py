@@ -95,7 +95,7 @@ def sample(trainer, max_new_tokens=200):
     outputs = generate_seq2seq(model, [[t for t in row if t != model.config.pad_token_id] for row in x],
                                max_new_tokens=min(max_new_tokens, model.config.block_size))
     for row, labels, out in zip(x, y, outputs):
-        src = tok.decode([int(t) for t in row if t != model.config.pad_token_id])
+        src = tok.decode([int(t) for t in row if t not in (model.config.pad_token_id, model.config.eos_token_id)])
         want = tok.decode([int(t) for t in labels if t >= 0 and t != model.config.eos_token_id])
         lines.append(f"{src!r} -> {tok.decode(out)!r} (expected {want!r})")
     return "\n".join(lines)

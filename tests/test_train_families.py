@@ -31,10 +31,10 @@ def run(capsys, *argv):
 def test_bert_trains_with_mlm_evaluates_and_resumes(tmp_path, corpus, capsys):
     out = str(tmp_path / "bert")
     common = ["--preset", "bert-shakespeare", "--data", corpus, "--out", out, "--tokenizer-vocab-size", "120",
-              "--batch-size", "4", "--eval-iters", "2", "--no-progress", "--sample-tokens", "0"]
-    code, _, err = run(capsys, "train", *common, "--max-iters", "4", "--eval-interval", "4")
+              "--batch-size", "4", "--eval-iters", "2", "--no-progress"]
+    code, stdout, err = run(capsys, "train", *common, "--max-iters", "4", "--eval-interval", "4", "--sample-tokens", "5")
     assert code == 0, err
-    assert "encoder" in err
+    assert "encoder" in err and "masked token -> prediction: " in stdout
     saved = ckpt.load_checkpoint(out)
     assert saved["config"]["model"]["family"] == "encoder"
     code, stdout, _ = run(capsys, "eval", "--ckpt", out, "--data", corpus, "--no-progress")
@@ -73,10 +73,13 @@ def test_t5_learns_a_small_sort_task_and_generates_with_beams(tmp_path, capsys):
                   "n_embd": 32, "d_ff": 64, "num_buckets": 8, "max_distance": 16},
         "train": {"task": "sort", "task_max_len": 3, "batch_size": 32, "max_iters": 700, "lr": 4e-3, "min_lr": 4e-4,
                   "warmup_iters": 20, "lr_decay_iters": 700, "eval_interval": 700, "eval_iters": 2,
-                  "sample_tokens": 0, "weight_decay": 0.0}}))
+                  "sample_tokens": 6, "weight_decay": 0.0}}))
     out = str(tmp_path / "t5")
-    code, _, err = run(capsys, "train", "--config", str(config), "--out", out, "--no-progress")
+    code, stdout, err = run(capsys, "train", "--config", str(config), "--out", out, "--no-progress")
     assert code == 0, err
+    samples = stdout.split("--- sample ---\n")[1].splitlines()       # 'source' -> 'output' (expected 'answer')
+    assert len(samples) == 4 and all(" -> " in line and "(expected " in line and "</s>" not in line
+                                     for line in samples), samples
     log = [json.loads(line) for line in open(f"{out}/train_log.jsonl")]
     losses = [r["loss"] for r in log if "loss" in r]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
