@@ -53,7 +53,9 @@ def scratch_copy(ref, into):
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
     same_native = subprocess.run(["git", "diff", "--quiet", ref, "--", "csrc", "setup.py"], cwd=ROOT).returncode == 0
     built = glob.glob(os.path.join(ROOT, "minillm", "_C*.so"))
-    if same_native and built:
+    sources = glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True) + [os.path.join(ROOT, "setup.py")]
+    fresh = built and os.path.getmtime(built[0]) >= max(os.path.getmtime(f) for f in sources)   # built after csrc/ changed
+    if same_native and fresh:
         shutil.copy2(built[0], os.path.join(into, "minillm"))
     else:
         run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], into)
