@@ -11,6 +11,7 @@ void bind_softmax(py::module_& m);      // softmax.cpp: softmax, log-softmax
 void bind_loss(py::module_& m);         // loss.cpp: fused cross-entropy
 void bind_norm(py::module_& m);         // norm.cpp: RMSNorm, LayerNorm
 void bind_activation(py::module_& m);   // activation.cpp: GELU, SiLU
+void bind_gelu_erf(py::module_& m);     // gelu_erf.cpp: GELU, exact (erf) form
 void bind_attention(py::module_& m);    // attention.cpp: flash-style attention
 void bind_quant(py::module_& m);        // quant.cpp: matmul on quantized weights
 void bind_rope(py::module_& m);         // rope.cpp: rotary position embedding
@@ -32,6 +33,7 @@ PYBIND11_MODULE(_C, m) {
     minillm::bind_loss(m);
     minillm::bind_norm(m);
     minillm::bind_activation(m);
+    minillm::bind_gelu_erf(m);
     minillm::bind_attention(m);
     minillm::bind_quant(m);
     minillm::bind_rope(m);

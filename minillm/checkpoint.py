@@ -39,10 +39,11 @@ import numpy as np
 
 from . import checkpoint_files as files_check
 from .checkpoint_files import CheckpointError, check_state_arrays, sha256
-from .config import check_fields, config_from_dict, read_config
+from .config import check_fields, read_config
 from .data import save_tokenizer, tokenizer_from_dict
 from .files import DirectoryLock, fsync_directory, fsync_file, try_lock, write_atomically, write_json
-from .models import DecoderLM, ModelConfig
+from .models import build_model as build_family_model
+from .models import family_of, model_config_from_dict
 from .nn.quantized import check_quantized_weights, quantize_model
 
 FORMAT = "minillm-checkpoint-1"
@@ -322,11 +323,12 @@ def load_checkpoint(directory, optimizer_wanted=False):
 
 
 def build_model(checkpoint):
-    """The DecoderLM and tokenizer a loaded checkpoint describes, with its weights (quantized
-    modules in place if config.json names a quantization scheme; see minillm/nn/quantized.py)."""
+    """The model (DecoderLM, or the family config.json names) and tokenizer a loaded checkpoint
+    describes, with its weights (quantized modules in place if config.json names a quantization
+    scheme; see minillm/nn/quantized.py)."""
     where = f"checkpoint config file {os.path.join(checkpoint['directory'], 'config.json')!r}"
     try:
-        config = config_from_dict(ModelConfig, checkpoint["config"]["model"], f"{where}: model")
+        config = model_config_from_dict(checkpoint["config"]["model"], f"{where}: model")
         files_check.check_config_fits(config, checkpoint["model"], where)
         tokenizer = checkpoint.get("tokenizer") or tokenizer_from_dict(checkpoint["config"]["tokenizer"],
                                                                       checkpoint["directory"])
@@ -336,8 +338,10 @@ def build_model(checkpoint):
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                               f"vocab_size {config.vocab_size}")
-    model = DecoderLM(config)
+    model = build_family_model(config)
     quantization = checkpoint["config"].get("quantization")
+    if quantization and family_of(config) != "decoder":
+        raise CheckpointError(f"checkpoint {checkpoint['directory']!r}: only decoder models are quantized")
     if quantization:
         try:
             quantize_model(model, quantization["scheme"], skeleton=True)

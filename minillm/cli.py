@@ -11,6 +11,7 @@
     minillm chat       talk to a pretrained model (minillm/pretrained_cli.py, as are generate --model and export)
     minillm export     a model as GGUF or a Hugging Face directory
     minillm serve      an OpenAI-compatible HTTP server: continuous batching, paged KV cache (minillm/serve_cli.py)
+    minillm embed      sentence embeddings (and their cosine matrix) from an encoder (minillm/encoder_cli.py)
 
 Bad input (a flag of the wrong type or out of range, a missing or corrupt checkpoint, data that is
 empty or not UTF-8, a prompt longer than the context, an output directory another run is writing,
@@ -25,8 +26,8 @@ import os
 import sys
 
 from .cli_train import DEFAULT_PRESET, RESUME_RULES, cmd_train
-from .config import (UsageError, dropout_rate, existing_file, nonnegative_float, nonnegative_int,  # noqa: F401
-                     open_fraction, output_directory, positive_float, positive_int, probability, seed_int,
+from .config import (UsageError, dropout_rate, existing_file, finite_float, nonnegative_float,  # noqa: F401
+                     nonnegative_int, open_fraction, output_directory, positive_float, positive_int, probability, seed_int,
                      thread_count)
 
 
@@ -78,6 +79,9 @@ def cmd_generate(args):
         set_num_threads(args.threads)
     from .data import decode, encode
     model, tokenizer = _load(args.ckpt)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        from .encoder_cli import generate_family
+        return generate_family(args, model, tokenizer)
     prompt_ids = encode(tokenizer, args.prompt).tolist()
     if not prompt_ids:
         raise UsageError("--prompt is empty")
@@ -134,6 +138,9 @@ def cmd_eval(args):
         from . import set_num_threads
         set_num_threads(args.threads)
     model, tokenizer = _load(args.ckpt)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        from .encoder_cli import eval_family
+        return eval_family(args, model, tokenizer)
     ids = encode(tokenizer, read_text(args.data))
     data = TokenData(ids, args.val_fraction)
     split = data.splits[args.split] if args.data is None or args.split != "all" else ids
@@ -216,6 +223,10 @@ def build_parser():
     p.add_argument("--sinks", help="N,W: attention sinks (StreamingLLM): keep the first N tokens and the last W, so "
                    "generation runs past the context at constant memory (RoPE models; docs/long_context.md)")
     p.add_argument("--threads", type=thread_count)
+    p.add_argument("--num-beams", type=positive_int, default=1, help="encoder-decoder checkpoints: beam search "
+                   "with this many beams (1: greedy or sampling)")
+    p.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam search: scores are divided by "
+                   "length ** this (> 0 favours longer outputs)")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("eval", help="loss and perplexity of a checkpoint")
@@ -228,6 +239,10 @@ def build_parser():
     p.add_argument("--threads", type=thread_count)
     from .cli_long_context import add_arguments as add_long_context_arguments
     add_long_context_arguments(p)
+    p.add_argument("--examples", type=positive_int, default=500, help="encoder-decoder checkpoints of a generated "
+                   "task: held-out examples for the exact-match rate (default %(default)s)")
+    p.add_argument("--num-beams", type=positive_int, default=1, help="encoder-decoder checkpoints: beams when "
+                   "generating")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint's weights to INT8 or INT4")
@@ -249,6 +264,8 @@ def build_parser():
     add_finetune_parser(sub)
     from .pretrained_cli import add_parsers as add_pretrained_parsers
     add_pretrained_parsers(sub)
+    from .encoder_cli import add_parsers as add_encoder_parsers
+    add_encoder_parsers(sub)
     from .tokenizers.cli import add_parser as add_tokenizer_parser
     add_tokenizer_parser(sub)
     from .scaling.cli import add_parser as add_scaling_parser

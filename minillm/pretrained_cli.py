@@ -47,6 +47,9 @@ def generate_pretrained(args):
     from .generate import generate
     model, tokenizer = _load(args.model, threads=args.threads)
     tokenizer = _need_tokenizer(tokenizer, args.model)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        from .encoder_cli import generate_family
+        return generate_family(args, model, tokenizer)
     ids = encode_prompt(tokenizer, args.prompt)
     if not ids:
         raise UsageError("--prompt is empty")

@@ -26,12 +26,13 @@ import numpy as np
 from . import checkpoint as ckpt
 from .autograd import no_grad
 from .checkpoint_files import check_optimizer_arrays
-from .config import config_from_dict
-from .data import TokenData, build_tokenizer, cached_token_ids, decode, encode, read_text
+from .config import config_from_dict  # noqa: F401 (public here too)
+from . import families
+from .data import cached_token_ids, decode, encode, read_text
 from .distributed import DataParallel, LocalCommunicator, merge_from_ranks
 from .files import DirectoryLock, atomic_write
 from .generate import generate
-from .models import DecoderLM, ModelConfig
+from .models import build_model, model_config_from_dict
 from .optim import SGD, AdamW, cosine_lr, param_groups
 from .plots import plot_expert_load, plot_losses  # noqa: F401 (their old home; they draw train_log.jsonl)
 from .train_config import (RESUMABLE, TrainConfig, check_model_fits, check_train_config,  # noqa: F401 (public here too)
@@ -111,24 +112,23 @@ class Trainer:
             where += ": train_config"
             try:
                 self.tokenizer = saved["tokenizer"]
-                model_config = config_from_dict(ModelConfig, {**saved["config"]["model"], **(model_changes or {})},
-                                                "checkpoint config: model")
+                model_config = model_config_from_dict({**saved["config"]["model"], **(model_changes or {})},
+                                                      "checkpoint config: model")
                 self.config = train_config = TrainConfig.from_dict(
                     resume_config(saved["state"]["train_config"], train_config.max_iters, resume_overrides), where)
             except (OSError, ValueError) as error:
                 raise ckpt.CheckpointError(str(error)) from None
         else:
-            self.tokenizer = build_tokenizer(train_config.tokenizer, text,
-                                             train_config.tokenizer_vocab_size or model_config.vocab_size)
+            self.tokenizer = families.build_tokenizer(model_config, train_config, text)
         if model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"the model's vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
         cache_dir = os.path.join(out_dir, "cache") if data_path is None else os.path.dirname(os.path.abspath(data_path))
-        ids = self.comm.root_first(lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir))
-        self.data = TokenData(ids, train_config.val_fraction)
+        self.data = families.make_data(model_config, train_config, self.tokenizer, lambda: self.comm.root_first(
+            lambda: cached_token_ids(text, self.tokenizer, data_path, cache_dir)))
         check_model_fits(model_config)
         self.init_rng = np.random.default_rng(train_config.seed)       # weights, then dropout masks
-        self.model = DecoderLM(model_config, rng=self.init_rng)
+        self.model = build_model(model_config, rng=self.init_rng)
         self.data_rng = np.random.default_rng([train_config.seed, 1])
         groups = param_groups(self.model, train_config.weight_decay, train_config.decay_embeddings)
         if train_config.optimizer == "adamw":
@@ -291,7 +291,10 @@ class Trainer:
 
     def sample(self, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=None):
         """A sample from the model; a prompt the tokenizer cannot encode (a vocabulary without "\n")
-        is replaced by the first token of the training data."""
+        is replaced by the first token of the training data. The other families show a few
+        held-out predictions instead (families.sample)."""
+        if getattr(self.model.config, "family", "decoder") != "decoder":
+            return families.sample(self, max_new_tokens)
         try:
             ids = encode(self.tokenizer, prompt).tolist()
         except ValueError:

@@ -35,6 +35,12 @@ class TrainConfig:
     seed: int = 1337
     sample_tokens: int = 200       # length of the sample printed at the end (0: none)
     max_loss: float | None = None  # a step loss above it stops the run (None: 2 ln(vocab_size) + 1)
+    # other model families (minillm/families.py): MLM for encoders, the seq2seq data for encoder-decoders
+    mlm_probability: float = 0.15  # encoder: the fraction of non-special tokens predicted
+    task: str | None = None        # encoder_decoder: reverse | sort | add (generated) | span_corruption (the text)
+    task_max_len: int = 12         # the longest source of a generated task, in characters
+    noise_density: float = 0.15    # span_corruption: the fraction of tokens that are noise
+    mean_noise_span_length: float = 3.0
 
     def __post_init__(self):
         check_train_config(self)
@@ -54,7 +60,9 @@ RANGES = {"batch_size": (1, None), "grad_accum": (1, None), "max_iters": (0, Non
           "min_lr": (0, None), "warmup_iters": (0, None), "lr_decay_iters": (1, None), "beta1": (0, 1, False, True),
           "beta2": (0, 1, False, True), "weight_decay": (0, None), "grad_clip": (0, None), "eval_interval": (1, None),
           "eval_iters": (0, None), "val_fraction": (0, 1, True, True), "seed": (0, 2 ** 63 - 1),
-          "sample_tokens": (0, None), "tokenizer_vocab_size": (1, None), "max_loss": (0, None, True)}
+          "sample_tokens": (0, None), "tokenizer_vocab_size": (1, None), "max_loss": (0, None, True),
+          "mlm_probability": (0, 1, True, True), "task_max_len": (1, None), "noise_density": (0, 1, True, True),
+          "mean_noise_span_length": (1, None)}
 # what a resumed run may change: its length and schedule end, its evaluations, its sample, its guard
 RESUMABLE = ("max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "sample_tokens", "max_loss")
 

@@ -33,9 +33,10 @@ LAYERS = [
                    "minillm.generate", "minillm.train", "minillm.train_config",
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
                    "minillm.pretrained", "minillm.chat", "minillm.streaming",
-                   "minillm.context_extension", "minillm.long_eval"]),
+                   "minillm.context_extension", "minillm.long_eval", "minillm.families", "minillm.mlm", "minillm.seq2seq",
+                   "minillm.seq2seq_data", "minillm.embed"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.scaling.cli",
+    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
              "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]

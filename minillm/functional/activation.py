@@ -1,4 +1,4 @@
-"""gelu, silu, the fused swiglu feed-forward, and dropout as autograd nodes."""
+"""gelu (tanh and exact), relu, silu, the fused swiglu feed-forward, and dropout as autograd nodes."""
 import numpy as np
 
 from .. import kernels
@@ -15,6 +15,28 @@ class GELUFn(Function):
     @staticmethod
     def backward(ctx, dy):
         return kernels.gelu_backward(dy, *ctx.saved)
+
+
+class GELUErfFn(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return kernels.gelu_erf_forward(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return kernels.gelu_erf_backward(dy, *ctx.saved)
+
+
+class ReLUFn(Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return kernels.relu_forward(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return kernels.relu_backward(dy, *ctx.saved)
 
 
 class SiLUFn(Function):
@@ -52,11 +74,23 @@ class DropoutFn(Function):
         return kernels.dropout_backward(dy, *ctx.saved)
 
 
-def gelu(x):
-    """GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+def gelu(x, approximate="tanh"):
+    """GELU. approximate="tanh" (the default, GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)));
+    approximate="none" (BERT's, exact): x Phi(x) = 0.5 x erfc(-x / sqrt(2)). Both have native kernels."""
     x = as_input(x)
     check_float("gelu", x=x)
-    return GELUFn.apply(x)
+    if approximate == "tanh":
+        return GELUFn.apply(x)
+    if approximate == "none":
+        return GELUErfFn.apply(x)
+    raise ValueError(f"gelu: approximate must be 'tanh' or 'none' (the exact erf form), got {approximate!r}")
+
+
+def relu(x):
+    """ReLU: max(x, 0) (T5's feed-forward)."""
+    x = as_input(x)
+    check_float("relu", x=x)
+    return ReLUFn.apply(x)
 
 
 def silu(x):

@@ -23,7 +23,8 @@ class AttentionFn(Function):
         return kernels.attention_backward(dout, q, k, v, out, lse, **options)
 
 
-def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None, pattern=None):
+def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_mask=None, pattern=None, bias=None,
+              scale=None):
     """softmax(q k^T / sqrt(D) + alibi + mask) v, one node with a handwritten backward.
 
     q: (B, H, T, D); k, v: (B, Hkv, S, D) with H % Hkv == 0 (MHA: Hkv = H, GQA, MQA: Hkv = 1).
@@ -35,11 +36,15 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     A query that sees no key returns zeros. Returns (B, H, T, D).
     pattern: an F.AttentionPattern (dilated, strided, block_sparse; it carries its own causality):
     F.sparse_attention, whose work is the visible pairs; it takes none of the other options.
+    bias: an additive score bias, (H, T, S) or (B, H, T, S), which may take a gradient (T5's relative
+    positions); scale: the factor on q k^T in place of 1 / sqrt(D) (1.0: T5's unscaled attention).
+    Either one runs minillm/functional/attention_bias.py (NumPy, no window or ALiBi there).
     """
     if pattern is not None:
-        if window is not None or alibi_slopes is not None or key_padding_mask is not None:
-            raise ValueError("attention: pattern (sparse attention) cannot be combined with window, alibi_slopes "
-                             "or key_padding_mask; express the window in the pattern")
+        if window is not None or alibi_slopes is not None or key_padding_mask is not None or bias is not None \
+                or scale is not None:
+            raise ValueError("attention: pattern (sparse attention) cannot be combined with window, alibi_slopes, "
+                             "key_padding_mask, bias or scale; express the window in the pattern")
         from .sparse_attention import sparse_attention
         return sparse_attention(q, k, v, pattern)
     q, k, v = as_input(q), as_input(k), as_input(v)
@@ -56,6 +61,11 @@ def attention(q, k, v, causal=True, window=None, alibi_slopes=None, key_padding_
     if H % Hkv != 0:
         raise ValueError(f"attention: q has {H} heads but k has {Hkv}; n_heads must be a multiple of n_kv_heads")
     options = _attention_options("attention", B, H, T, S, causal, window, alibi_slopes, key_padding_mask)
+    if bias is not None or scale is not None:
+        if window is not None or alibi_slopes is not None:
+            raise ValueError("attention: bias and scale do not combine with window or alibi_slopes")
+        from .attention_bias import attention_bias
+        return attention_bias(q, k, v, bias, scale, causal, options["key_padding_mask"])
     return AttentionFn.apply(q, k, v, options)
 
 

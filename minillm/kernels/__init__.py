@@ -155,6 +155,30 @@ def dropout_backward(dy, scale):
     return reference.activation.dropout_backward(dy, scale)
 
 
+def gelu_erf_forward(x):
+    """GELU, exact form: y = x Phi(x) = 0.5 x erfc(-x / sqrt(2))."""
+    if _native:
+        return native.gelu_erf.gelu_erf_forward(x)
+    return reference.gelu_erf.gelu_erf_forward(x)
+
+
+def gelu_erf_backward(dy, x):
+    """dx = dy * (Phi(x) + x phi(x))."""
+    if _native:
+        return native.gelu_erf.gelu_erf_backward(dy, x)
+    return reference.gelu_erf.gelu_erf_backward(dy, x)
+
+
+def relu_forward(x):
+    """y = max(x, 0) (NumPy on both backends)."""
+    return reference.gelu_erf.relu_forward(x)
+
+
+def relu_backward(dy, x):
+    """dx = dy * (x > 0) (NumPy on both backends)."""
+    return reference.gelu_erf.relu_backward(dy, x)
+
+
 # ---- softmax, log-softmax, cross-entropy
 
 def softmax_forward(x):
@@ -294,6 +318,36 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if _native:
         return native.optim.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     return reference.optim.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
+
+
+# ---- attention with an additive bias, T5's relative position bias (NumPy on both backends)
+
+def attention_bias_forward(q, k, v, bias=None, scale=None, causal=False, key_padding_mask=None):
+    """(out, lse): out = softmax(scale * q k^T + bias + mask) v (the reference: the C++ kernel has no bias)."""
+    return reference.attention_bias.attention_bias_forward(q, k, v, bias, scale, causal, key_padding_mask)
+
+
+def attention_bias_backward(dout, q, k, v, out, lse, bias=None, scale=None, causal=False, key_padding_mask=None,
+                            bias_shape=None):
+    """(dq, dk, dv, dbias) of attention_bias_forward."""
+    return reference.attention_bias.attention_bias_backward(dout, q, k, v, out, lse, bias, scale, causal,
+                                                            key_padding_mask, bias_shape)
+
+
+def relative_position_buckets(query_positions, key_positions, bidirectional, num_buckets, max_distance):
+    """T5's bucket (T, S) of every relative position key - query."""
+    return reference.attention_bias.relative_position_buckets(query_positions, key_positions, bidirectional,
+                                                              num_buckets, max_distance)
+
+
+def relative_position_bias_forward(table, buckets):
+    """bias (H, T, S) = table[buckets].moveaxis(-1, 0)."""
+    return reference.attention_bias.relative_position_bias_forward(table, buckets)
+
+
+def relative_position_bias_backward(dbias, buckets, num_buckets):
+    """dtable (num_buckets, H): dbias scatter-added into the rows buckets name."""
+    return reference.attention_bias.relative_position_bias_backward(dbias, buckets, num_buckets)
 
 
 # ---- quantization

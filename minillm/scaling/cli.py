@@ -75,9 +75,9 @@ def add_parser(sub):
 
 
 def _model_config(args):
-    from ..config import check_kind, config_from_dict, read_config
+    from ..config import check_kind, read_config
     from ..data import build_tokenizer, read_text
-    from ..models import ModelConfig, load_preset
+    from ..models import load_preset, model_config_from_dict
     if args.config and args.preset:
         raise ValueError("scaling count: pass --preset or --config, not both")
     where = f"config file {args.config!r}" if args.config else "preset"
@@ -91,12 +91,22 @@ def _model_config(args):
         model["vocab_size"] = args.vocab_size
     if model.get("vocab_size") is None:
         model["vocab_size"] = build_tokenizer("char", read_text()).vocab_size
-    return config_from_dict(ModelConfig, model, f"{where}: model")
+    return model_config_from_dict(model, f"{where}: model")
 
 
 def cmd_count(args):
-    from .counts import counts
+    from .counts import count_parameters, counts
     config = _model_config(args)
+    family = getattr(config, "family", "decoder")
+    if family != "decoder":            # the encoder families: exact counts; the FLOPs formulas are the decoder's
+        c = {"params": count_parameters(config), "non_embedding_params": count_parameters(config, True)}
+        if args.json:
+            print(json.dumps(c))
+            return 0
+        print(f"parameters ({family}):{' ' * (19 - len(family))}{c['params']:>15,}")
+        print(f"  without embeddings:       {c['non_embedding_params']:>15,}")
+        print("FLOPs per token: counted for decoder models only")
+        return 0
     c = counts(config)
     if args.json:
         print(json.dumps(c))

@@ -86,7 +86,11 @@ def count_parameters(config, exclude_embeddings=False, active=False):
     """Exact parameter count of DecoderLM(config); equal to its num_parameters(exclude_embeddings).
 
     active=True: per token, with top_k of the n_experts FFNs in each MoE block (equal to the total
-    for a dense model)."""
+    for a dense model). The encoder families' configs are counted by family_counts.py."""
+    family = getattr(config, "family", "decoder")
+    if family != "decoder":
+        from .family_counts import FAMILY_COUNTS
+        return FAMILY_COUNTS[family](config, exclude_embeddings)
     n_experts, _, every = _moe(config)
     n_moe = config.n_layer // every if n_experts > 0 else 0           # blocks i with (i + 1) % every == 0
     n = (config.n_layer - n_moe) * block_params(config, 0, active) if n_moe < config.n_layer else 0

@@ -123,6 +123,10 @@ def _flag_case(rng, paths, workdir):
         "eval": (["eval", "--ckpt", paths["run"], "--data", paths["data"], "--no-progress"],
                  {"--val-fraction": NUMBERS + HUGE, "--batch-size": NUMBERS + HUGE, "--split": ["val", "all", "x"],
                   "--data": path_pool, "--ckpt": path_pool, "--threads": NUMBERS}),
+        "embed": (["embed", "--model", paths["run"], "--text", "to be"],       # a decoder: refused unless --model
+                  {"--text": STRINGS, "--input": path_pool, "--batch-size": NUMBERS + HUGE, "--max-length": NUMBERS,
+                   "--pooling": ["cls", "max", "x"], "--threads": NUMBERS, "--model": path_pool + ["nope"],
+                   "--similarity": None}),
         "quantize": (["quantize", "--ckpt", paths["run"], "--scheme", "q8_0", "--out", _fresh(workdir, rng, "q"),
                       "--no-progress"],
                      {"--scheme": ["q4_0", "int8", "q3", ""], "--out": path_pool, "--ckpt": path_pool}),

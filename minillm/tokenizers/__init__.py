@@ -1,5 +1,6 @@
 """Tokenizers: characters, byte-level BPE (GPT-2 compatible), Unigram (SentencePiece-style),
-WordPiece (BERT). All share one interface (base.Tokenizer): train, encode, decode, save, load.
+WordPiece (BERT), and SentencePiece's own .model files (read and written, ids as sentencepiece's).
+All share one interface (base.Tokenizer): train (not for .model files), encode, decode, save, load.
 
     from minillm.tokenizers import BPETokenizer, load
     tok = BPETokenizer.train(open("input.txt").read(), vocab_size=4096)
@@ -13,19 +14,22 @@ from .base import Tokenizer, read_meta
 from .bpe import PATTERNS, BPETokenizer, read_tiktoken
 from .char import CharTokenizer
 from .merges import MergesBPETokenizer
+from .sentencepiece import SentencePieceTokenizer
 from .unigram import UnigramTokenizer
 from .wordpiece import WordPieceTokenizer
 
 # every tokenizer by its kind: what `--tokenizer KIND` trains and what load() reads from a saved directory
 KINDS = {"char": CharTokenizer, "bpe": BPETokenizer, "unigram": UnigramTokenizer, "wordpiece": WordPieceTokenizer}
-LOADABLE = {**KINDS, "bpe_merges": MergesBPETokenizer}     # merge-list BPE comes from pretrained files only
+LOADABLE = {**KINDS, "bpe_merges": MergesBPETokenizer,    # merge-list BPE and .model files come from
+            "sentencepiece": SentencePieceTokenizer}      # pretrained files only
 
 
 def load(path):
     """A tokenizer from a directory written by save(), a tiktoken rank file (*.tiktoken, read as
     byte-level BPE with GPT-2's pattern; a file of 50256 ranks is taken to be GPT-2's and gets
-    <|endoftext|> = 50256) or a BERT vocab.txt (read as WordPiece). A file that cannot be read
-    or holds something malformed raises ValueError naming it (FileNotFoundError when it is missing)."""
+    <|endoftext|> = 50256), a BERT vocab.txt (read as WordPiece) or a SentencePiece .model file. A
+    file that cannot be read or holds something malformed raises ValueError naming it
+    (FileNotFoundError when it is missing)."""
     try:
         return _load(os.fspath(path))
     except (FileNotFoundError, ValueError):
@@ -49,8 +53,11 @@ def _load(path):
         return BPETokenizer(ranks, {"<|endoftext|>": 50256} if gpt2 else None)
     if os.path.basename(path) == "vocab.txt":
         return WordPieceTokenizer.from_vocab_txt(path)
-    raise ValueError(f"load: {path} is neither a saved tokenizer directory, a .tiktoken file nor a vocab.txt")
+    if path.endswith(".model"):
+        return SentencePieceTokenizer.from_file(path)
+    raise ValueError(f"load: {path} is neither a saved tokenizer directory, a .tiktoken file, a vocab.txt nor a "
+                     "SentencePiece .model file")
 
 
 __all__ = ["Tokenizer", "CharTokenizer", "BPETokenizer", "MergesBPETokenizer", "UnigramTokenizer",
-           "WordPieceTokenizer", "PATTERNS", "KINDS", "LOADABLE", "load"]
+           "WordPieceTokenizer", "SentencePieceTokenizer", "PATTERNS", "KINDS", "LOADABLE", "load"]

@@ -1,5 +1,7 @@
 """Character-level tokenizer (nanoGPT's shakespeare-char): one token per character, the vocabulary
 being the sorted set of characters seen in training, so the id of a character is its rank in it.
+Special tokens (the seq2seq models' <pad>, </s>, sentinels), when given, take the ids before the
+characters: special i is id i, character c is len(specials) + rank(c).
 
 Encode is a binary search of the text's code points in the sorted vocabulary (np.searchsorted);
 a character outside the vocabulary is an error, not a silent unknown token. Saved as a directory
@@ -11,11 +13,16 @@ from .base import Tokenizer, check_unicode, meta_fields, read_texts
 
 
 class CharTokenizer(Tokenizer):
-    """chars: the vocabulary, sorted and distinct (a str or a list of one-character strings)."""
+    """chars: the vocabulary, sorted and distinct (a str or a list of one-character strings);
+    special_tokens: names of special tokens, which get ids 0, 1, ... before the characters."""
     kind = "char"
 
-    def __init__(self, chars):
-        super().__init__()
+    def __init__(self, chars, special_tokens=()):
+        specials = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
+        if any(not isinstance(t, str) or len(t) < 2 for t in specials) or len(set(specials)) != len(specials):
+            raise ValueError("CharTokenizer: special tokens must be distinct strings of two or more characters")
+        super().__init__({t: i for i, t in enumerate(specials)})
+        self.offset = len(specials)
         self.chars = list(chars)
         if any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
             raise ValueError("CharTokenizer: chars must be single characters")
@@ -31,10 +38,10 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self):
-        return len(self.chars)
+        return self.offset + len(self.chars)
 
     def id_to_token(self, token_id):
-        return self.chars[token_id]
+        return self._special_ids[token_id] if token_id < self.offset else self.chars[token_id - self.offset]
 
     def encode_ordinary(self, text):
         """Ids of text's characters; a character outside the vocabulary raises ValueError."""
@@ -46,12 +53,14 @@ class CharTokenizer(Tokenizer):
         bad = (ids >= n) | (self.codepoints[np.minimum(ids, n - 1)] != points) if n else np.ones(len(points), bool)
         if bad.any():
             raise ValueError(f"character {chr(points[bad][0])!r} is not in the tokenizer's vocabulary")
-        return ids.tolist()
+        return (ids + self.offset).tolist() if self.offset else ids.tolist()
 
     def decode(self, ids, errors="strict"):
         """The characters of ids joined (errors is taken for the common signature: characters are
         always valid text)."""
         ids = self._as_ids(ids)
+        if self.offset:
+            return "".join([self._special_ids[i] if i < self.offset else self.chars[i - self.offset] for i in ids])
         return "".join([self.chars[i] for i in ids])
 
     def decode_bytes(self, ids):
@@ -59,7 +68,7 @@ class CharTokenizer(Tokenizer):
 
     def _as_ids(self, ids):
         ids = np.asarray(ids)
-        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= len(self.chars)):
+        if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= self.vocab_size):
             self._check_ids(ids.tolist())
         return ids.tolist()
 
@@ -71,4 +80,8 @@ class CharTokenizer(Tokenizer):
         meta_fields(directory, meta, {"chars": str})
         if "chars" not in meta:
             raise ValueError(f"load: {directory}: a char tokenizer's file needs 'chars'")
-        return cls(meta["chars"])
+        specials = meta.get("special_tokens") or {}
+        if sorted(specials.values()) != list(range(len(specials))):
+            raise ValueError(f"load: {directory}: a char tokenizer's special tokens must have the ids 0..{len(specials) - 1}"
+                             f" before the characters, got {sorted(specials.values())[:8]}")
+        return cls(meta["chars"], sorted(specials, key=specials.get))

@@ -41,7 +41,7 @@ else:
 
 AVAILABLE = _C is not None
 
-from . import activation, attention, kv_attention, linear, nf4, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
+from . import activation, attention, gelu_erf, kv_attention, linear, nf4, norm, optim, paged_attention, quant, rope, softmax  # noqa: E402 (they read _C above)
 from . import linear_attention, sparse_attention  # noqa: E402
 
 KERNELS = {kernel.__name__: kernel for kernel in (
@@ -51,6 +51,7 @@ KERNELS = {kernel.__name__: kernel for kernel in (
     softmax.cross_entropy_forward, softmax.cross_entropy_backward,
     norm.rms_norm_forward, norm.rms_norm_backward, norm.layer_norm_forward, norm.layer_norm_backward,
     activation.gelu_forward, activation.gelu_backward, activation.silu_forward, activation.silu_backward,
+    gelu_erf.gelu_erf_forward, gelu_erf.gelu_erf_backward,
     quant.quantize_activations, quant.quant_matmul,
     rope.rope_forward, rope.rope_backward, kv_attention.kv_attention_forward, paged_attention.paged_attention_forward,
     optim.adamw_step,

@@ -8,6 +8,11 @@ from .activation import (
     swiglu_backward, swiglu_forward,
 )
 from .attention import attention_backward, attention_forward, visible_keys
+from .attention_bias import (
+    attention_bias_backward, attention_bias_forward, relative_position_bias_backward, relative_position_bias_forward,
+    relative_position_buckets,
+)
+from .gelu_erf import gelu_erf_backward, gelu_erf_forward, relu_backward, relu_forward
 from .kv_attention import kv_attention_forward
 from .linear import embedding_backward, embedding_forward, linear_backward, linear_forward, matmul
 from .nf4 import dequantize_nf4, nf4_matmul, quantize_nf4
@@ -36,6 +41,9 @@ KERNELS = [
     "attention_forward", "attention_backward", "kv_attention_forward", "paged_attention_forward",
     "sparse_attention_forward", "sparse_attention_backward", "linear_attention_forward", "linear_attention_backward",
     "adamw_step",
+    "gelu_erf_forward", "gelu_erf_backward", "relu_forward", "relu_backward",
+    "attention_bias_forward", "attention_bias_backward", "relative_position_buckets",
+    "relative_position_bias_forward", "relative_position_bias_backward",
     "quantize_weights", "dequantize_weights", "quantize_activations", "quant_matmul",
     "quantize_nf4", "dequantize_nf4", "nf4_matmul",
 ]
