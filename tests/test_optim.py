@@ -209,3 +209,14 @@ def test_cosine_schedule_warms_up_linearly_then_follows_the_cosine_to_min_lr():
     assert cosine_lr(decay + 1, lr, low, warm, decay) == low == cosine_lr(10**6, lr, low, warm, decay)
     assert cosine_lr(5, lr, low, 4, 5) == pytest.approx(low)                   # one decay step: straight to min_lr
     assert cosine_lr(3, lr, low, 3, 3) == lr                                   # no decay phase: no division by 0
+
+
+@pytest.mark.parametrize("make", [lambda ps: AdamW([{"params": ps, "weight_decay": 0.0}], lr=0.1),
+                                  lambda ps: SGD([{"params": ps, "weight_decay": 0.0}], lr=0.1)])
+def test_a_parameter_without_a_gradient_is_skipped_and_the_ones_after_it_still_step(make):
+    ps = {n: Tensor(np.ones(2), requires_grad=True) for n in ("first", "idle", "last")}
+    opt = make(ps)
+    ps["first"].grad, ps["idle"].grad, ps["last"].grad = np.ones(2), None, np.ones(2)
+    opt.step()
+    assert np.all(ps["first"].data < 1) and np.all(ps["last"].data < 1)
+    np.testing.assert_array_equal(ps["idle"].data, np.ones(2))
