@@ -34,7 +34,7 @@ LAYERS = [
                    "minillm.plots", "minillm.quantize", "minillm.quant", "minillm.scaling", "minillm.distributed",
                    "minillm.pretrained", "minillm.chat", "minillm.streaming",
                    "minillm.context_extension", "minillm.long_eval", "minillm.families", "minillm.mlm", "minillm.seq2seq",
-                   "minillm.seq2seq_data", "minillm.embed"]),
+                   "minillm.seq2seq_data", "minillm.embed", "minillm.alignment"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
              "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),

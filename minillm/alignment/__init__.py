@@ -1,0 +1,7 @@
+"""Alignment after supervised fine-tuning: preferences, reward models, DPO, RLHF with PPO / GRPO and a
+Constitutional-AI loop. One concept per module:
+
+    logprobs.py       log-probabilities of chosen tokens under a model (the quantity every method compares)
+
+The trainers build on minillm/finetune.py (LoRA / QLoRA, the data checks, checkpoints, the log).
+"""
