@@ -32,3 +32,15 @@ def test_targets_of_the_wrong_shape_are_refused():
     import pytest
     with pytest.raises(ValueError, match="token_logprobs: targets must have shape"):
         token_logprobs(np.zeros((2, 3, 4)), np.zeros((2, 4), dtype=int))
+
+
+def test_hidden_states_then_head_equal_forward():
+    from minillm.models import DecoderLM, ModelConfig
+    config = ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    model = DecoderLM(config, rng=np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 11, size=(2, 6))
+    mask = np.ones((2, 6), dtype=bool)
+    mask[1, 4:] = False
+    hidden = model.hidden_states(ids, key_padding_mask=mask)
+    assert hidden.shape == (2, 6, 8)
+    np.testing.assert_array_equal(model.head(hidden).data, model(ids, key_padding_mask=mask).data)

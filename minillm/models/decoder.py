@@ -171,6 +171,16 @@ class DecoderLM(nn.Module):
         B, T = ids.shape
         return logits, self._objective(F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1)))
 
+    def hidden_states(self, ids, positions=None, key_padding_mask=None):
+        """ids: (B, T) -> the final-norm hidden states (B, T, C) the head reads (no cache); what a scalar
+        head on top of the decoder (a reward model, a value head) is built on. head(hidden) gives the logits."""
+        ids, positions = self._check_inputs(ids, positions, None)
+        return self._hidden(ids, positions, key_padding_mask, None)
+
+    def head(self, hidden):
+        """(B, T, C) hidden states -> (B, T, V) logits: the LM head (or the tied embedding)."""
+        return self.lm_head(hidden) if self.lm_head is not None else self.wte.attend(hidden)
+
     def loss(self, ids, targets):
         """forward's loss alone, what training computes: the head and the cross-entropy are one node
         (F.linear_cross_entropy) that drops the (B * T, V) logits as soon as it has their gradient."""
