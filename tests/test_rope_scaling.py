@@ -193,3 +193,58 @@ def test_gguf_export_keeps_the_rope_scaling(tmp_path, scaling):
     assert got.keys() == want.keys() and all(got[k] == (want[k] if isinstance(want[k], (str, bool)) else pytest.approx(want[k], rel=1e-6)) for k in want)
     ids = np.random.default_rng(1).integers(0, 300, size=(1, 40))
     np.testing.assert_allclose(again(ids).data, model(ids).data, atol=1e-5)
+
+
+def test_freq_factors_divide_each_pair_and_llama3s_factors_are_what_llama_cpp_writes():
+    D, L, s = 16, 64, 8.0
+    llama3 = F.RopeScaling("llama3", s, original_max_position_embeddings=L, low_freq_factor=1.0, high_freq_factor=4.0)
+    factors = F.rope_scaling.llama3_freq_factors(D, THETA, llama3)
+    expected = []                              # llama.cpp's convert_hf_to_gguf.py, written out pair by pair
+    for i in range(D // 2):
+        wavelength = 2 * math.pi / THETA ** (-2 * i / D)
+        if wavelength < L / 4.0:
+            expected.append(1.0)
+        elif wavelength > L / 1.0:
+            expected.append(s)
+        else:
+            smooth = (L / wavelength - 1.0) / (4.0 - 1.0)
+            expected.append(1 / ((1 - smooth) / s + smooth))
+    np.testing.assert_allclose(factors, expected, rtol=1e-12)
+    assert factors[0] == 1.0 and factors[-1] == s      # the fastest pair kept, the slowest interpolated
+    custom = F.RopeScaling("freq_factors", freq_factors=tuple(float(v) for v in factors))
+    np.testing.assert_allclose(F.rope_frequencies(D, THETA, custom)[0], F.rope_frequencies(D, THETA, llama3)[0],
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="freq_factors has 8 values, but a head of 32 dims has 16"):
+        F.rope_frequencies(32, THETA, custom)
+    with pytest.raises(ValueError, match="freq_factors needs a non-empty tuple"):
+        F.RopeScaling("freq_factors", freq_factors=(1.0, -2.0))
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16,
+                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0}])
+def test_gguf_carries_llama3_scaling_in_a_rope_freqs_tensor(tmp_path, scaling):
+    pytest.importorskip("gguf")
+    from gguf import GGUFReader
+
+    from minillm.io.gguf_write import export_gguf
+    from minillm.pretrained import load_pretrained
+    from minillm.tokenizers import BPETokenizer
+    config = ModelConfig(vocab_size=300, block_size=64, n_layer=1, n_head=2, n_embd=32, norm="rmsnorm",
+                         activation="swiglu", positions="rope", bias=False, rope_scaling=scaling,
+                         init_std=0.3)
+    model = DecoderLM(config, rng=np.random.default_rng(0)).eval()
+    path = str(tmp_path / "m.gguf")
+    tokenizer = BPETokenizer.train("the quick brown fox jumps over the lazy dog " * 20, vocab_size=300)
+    export_gguf(model, tokenizer, path)
+    tensor = {t.name: t for t in GGUFReader(path).tensors}["rope_freqs.weight"]
+    want = F.rope_scaling.llama3_freq_factors(16, config.rope_theta, config.rope_scaling_config())
+    np.testing.assert_allclose(np.asarray(tensor.data, dtype=np.float64), want, rtol=1e-7)
+    again, _ = load_pretrained(path)
+    assert again.config.rope_scaling["rope_type"] == "freq_factors"
+    ids = np.random.default_rng(1).integers(0, 300, size=(1, 60))          # past the original 16 positions
+    np.testing.assert_allclose(again(ids).data, model(ids).data, atol=1e-5)
+    plain = DecoderLM(ModelConfig(**{**config.to_dict(), "rope_scaling": None}), rng=np.random.default_rng(0)).eval()
+    assert np.abs(plain(ids).data - model(ids).data).max() > 1e-2       # the scaling matters at these positions
+    export_gguf(again, tokenizer, str(tmp_path / "again.gguf"))            # and round-trips as freq_factors
+    third, _ = load_pretrained(str(tmp_path / "again.gguf"))
+    np.testing.assert_array_equal(third(ids).data, again(ids).data)

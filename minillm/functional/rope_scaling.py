@@ -16,6 +16,8 @@ stay inside (or near) what it has seen. The names and fields are Hugging Face's 
 - llama3 (Llama 3.1): wavelength w_i = 2 pi / f_i against the original context L:
       w_i < L / high_freq_factor: f_i;   w_i > L / low_freq_factor: f_i / s;
       between: (1 - a) f_i / s + a f_i,  a = (L / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor).
+- freq_factors (llama.cpp's rope_freqs tensor, how GGUF files carry Llama 3's scaling): one divisor per
+  pair, f'_i = f_i / c_i. For llama3, c_i = f_i / f'_i of the formula above (llama3_freq_factors).
 
 RopeScaling holds one of them, checked and hashable (the rope tables are cached by it).
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "freq_factors")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class RopeScaling:
     truncate: bool = True                                   # yarn: floor/ceil the ramp's ends
     low_freq_factor: float = 1.0                            # llama3
     high_freq_factor: float = 4.0
+    freq_factors: tuple | None = None                       # freq_factors: c_i, one per pair (D/2 of them)
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
@@ -54,6 +57,11 @@ class RopeScaling:
         if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
             raise ValueError(f"RopeScaling: llama3 needs high_freq_factor > low_freq_factor > 0, got "
                              f"{self.high_freq_factor} and {self.low_freq_factor}")
+        if self.rope_type == "freq_factors":
+            c = self.freq_factors
+            if not (isinstance(c, tuple) and c and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in c)):
+                raise ValueError("RopeScaling: freq_factors needs a non-empty tuple of finite floats > 0, one per "
+                                 f"rotary pair; got {c if c is None else type(c).__name__}")
 
     @classmethod
     def from_dict(cls, values, max_position_embeddings=None, where="rope_scaling"):
@@ -87,6 +95,8 @@ class RopeScaling:
         values = {k: v for k, v in values.items() if v is not None or k in ("attention_factor", "mscale")}
         if "original_max_position_embeddings" in values:
             values["original_max_position_embeddings"] = int(values["original_max_position_embeddings"])
+        if isinstance(values.get("freq_factors"), (list, tuple, np.ndarray)):
+            values["freq_factors"] = tuple(float(v) for v in values["freq_factors"])    # hashable: tables are cached
         try:
             return cls(rope_type=kind, **values)
         except (TypeError, ValueError) as error:
@@ -97,9 +107,12 @@ class RopeScaling:
         keys = {"default": (), "linear": ("factor",), "dynamic": ("factor", "original_max_position_embeddings"),
                 "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor",
                          "mscale", "mscale_all_dim", "truncate"),
-                "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor")}
+                "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+                "freq_factors": ("freq_factors",)}
         out = {"rope_type": self.rope_type}
         out.update({k: getattr(self, k) for k in keys[self.rope_type] if getattr(self, k) is not None})
+        if "freq_factors" in out:
+            out["freq_factors"] = list(out["freq_factors"])                     # JSON
         return out
 
 
@@ -119,6 +132,11 @@ def rope_frequencies(head_dim, theta, scaling=None, seq_len=None):
         return inv_freq, 1.0
     if s.rope_type == "linear":
         return inv_freq / s.factor, 1.0
+    if s.rope_type == "freq_factors":
+        if len(s.freq_factors) != D // 2:
+            raise ValueError(f"RopeScaling: freq_factors has {len(s.freq_factors)} values, but a head of {D} dims "
+                             f"has {D // 2} rotary pairs")
+        return inv_freq / np.asarray(s.freq_factors, dtype=np.float64), 1.0
     L = s.original_max_position_embeddings
     if s.rope_type == "dynamic":
         T = max(seq_len or L, L)
@@ -151,6 +169,13 @@ def rope_frequencies(head_dim, theta, scaling=None, seq_len=None):
     smoothed = (1 - a) * scaled / s.factor + a * scaled
     medium = (wavelength >= high_wavelength) & (wavelength <= low_wavelength)
     return np.where(medium, smoothed, scaled), 1.0
+
+
+def llama3_freq_factors(head_dim, theta, scaling):
+    """(D/2,) c_i = f_i / f'_i of a llama3 scaling: the rope_freqs tensor llama.cpp writes for it."""
+    plain, _ = rope_frequencies(head_dim, theta)
+    scaled, _ = rope_frequencies(head_dim, theta, scaling)
+    return plain / scaled
 
 
 def scaled_rope_angles(positions, head_dim, theta, scaling, dtype):

@@ -134,8 +134,7 @@ def _rope_scaling(meta, arch, context, where):
 
     linear: factor; yarn: factor, original_context_length, yarn_beta_fast / yarn_beta_slow, attn_factor
     (llama.cpp's multiplier over yarn's 0.1 ln(factor) + 1, which HF's attention_factor includes).
-    Llama 3's scaling lives in a rope_freqs tensor, not in metadata: such files are refused by the
-    tensor check (an unexpected tensor)."""
+    Llama 3's scaling lives in a rope_freqs tensor, not in metadata: see _with_rope_freqs."""
     key = f"{arch}.rope.scaling."
     kind = meta.get(key + "type", "none")
     factor = float(meta.get(key + "factor", 1.0))
@@ -152,6 +151,23 @@ def _rope_scaling(meta, arch, context, where):
     elif kind != "linear":
         raise FormatError(f"{where}: RoPE scaling {kind!r} is not supported (linear and yarn are)")
     return values
+
+
+def _with_rope_freqs(config, rope_freqs, where):
+    """config with llama.cpp's rope_freqs tensor (one frequency divisor per rotary pair, how GGUF files
+    carry Llama 3's scaling) as a freq_factors rope_scaling."""
+    D = config.n_embd // config.n_head
+    if config.positions != "rope" or isinstance(rope_freqs, Quantized) or rope_freqs.size != D // 2:
+        raise FormatError(f"{where}: tensor rope_freqs.weight should hold {D // 2} floats, one per rotary pair of "
+                          f"a rope model; got {getattr(rope_freqs, 'shape', None)}")
+    if config.rope_scaling is not None:
+        raise FormatError(f"{where}: the file has both rope.scaling metadata ({config.rope_scaling['rope_type']}) "
+                          "and a rope_freqs tensor; minillm reads one RoPE scaling")
+    values = {"rope_type": "freq_factors", "freq_factors": [float(v) for v in np.asarray(rope_freqs).reshape(-1)]}
+    try:
+        return ModelConfig(**{**config.to_dict(), "rope_scaling": values})
+    except ValueError as error:
+        raise FormatError(f"{where}: tensor rope_freqs.weight: {error}") from None
 
 
 def read_tensor(t, where):
@@ -224,7 +240,10 @@ def read_gguf(path):
     # llama.cpp's GPT-2 converter writes the tied head out again as output.weight
     if "output.weight" in tensors and _same(tensors["output.weight"], tensors["token_embd.weight"]):
         del tensors["output.weight"]
+    rope_freqs = tensors.pop("rope_freqs.weight", None)
     config = config_from_metadata(meta, vocab, "output.weight" not in tensors, where)
+    if rope_freqs is not None:
+        config = _with_rope_freqs(config, rope_freqs, where)
     weights = minillm_weights(arch, tensors, config, where)
     tokenizer = tokenizer_from_gguf(meta, where)
     if tokenizer is None and "minillm.tokenizer.chars" in meta:       # written by export_gguf

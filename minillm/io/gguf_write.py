@@ -97,9 +97,10 @@ def _tensor(name, ours, transform, weights, quantized, scheme):
 
 
 def _rope_scaling_metadata(writer, config, arch):
-    """ModelConfig.rope_scaling as llama.cpp's rope.scaling.* keys (linear and yarn; the others have none)."""
+    """ModelConfig.rope_scaling as llama.cpp's rope.scaling.* keys (linear and yarn; llama3 and
+    freq_factors go in the rope_freqs tensor, see rope_freqs_tensor; dynamic has none)."""
     s = config.rope_scaling_config()
-    if s is None:
+    if s is None or s.rope_type in ("llama3", "freq_factors"):
         return
     key = f"{arch}.rope.scaling."
     if s.rope_type not in ("linear", "yarn"):
@@ -112,6 +113,18 @@ def _rope_scaling_metadata(writer, config, arch):
         writer.add_float32(key + "yarn_beta_slow", float(s.beta_slow))
         if s.attention_factor is not None:
             writer.add_float32(key + "attn_factor", float(s.attention_factor) / (0.1 * math.log(s.factor) + 1.0))
+
+
+def rope_freqs_tensor(config):
+    """The rope_freqs tensor (D/2 float32 divisors, llama.cpp's name) of a llama3 or freq_factors
+    scaling, else None."""
+    from ..functional.rope_scaling import llama3_freq_factors
+    s = config.rope_scaling_config() if config.positions == "rope" else None
+    if s is None or s.rope_type not in ("llama3", "freq_factors"):
+        return None
+    D = config.n_embd // config.n_head
+    factors = s.freq_factors if s.rope_type == "freq_factors" else llama3_freq_factors(D, config.rope_theta, s)
+    return np.asarray(factors, dtype=np.float32)
 
 
 def _metadata(writer, config, arch, scheme):
@@ -171,6 +184,9 @@ def export_gguf(model, tokenizer, path, scheme="f32", name=None):
                          f"model's {model.config.vocab_size}")
     tensors = [(gguf_name, *_tensor(gguf_name, ours, transform, weights, quantized, scheme))
                for gguf_name, ours, transform in gguf_names(weights, model.config, arch)]
+    rope_freqs = rope_freqs_tensor(model.config)
+    if rope_freqs is not None:
+        tensors.append(("rope_freqs.weight", rope_freqs, None))
 
     def write(tmp):
         writer = GGUFWriter(tmp, arch)

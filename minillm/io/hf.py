@@ -206,6 +206,9 @@ def float_weights(model):
 
 def hf_config(config, arch):
     c = config
+    if c.rope_scaling and c.rope_scaling_config().rope_type == "freq_factors":
+        raise ValueError("export: a Hugging Face config has no freq_factors RoPE scaling (llama.cpp's rope_freqs); "
+                         "export this model as GGUF")
     if arch == "llama":
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
                 "hidden_size": c.n_embd, "intermediate_size": c.hidden_size, "num_hidden_layers": c.n_layer,
