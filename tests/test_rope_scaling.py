@@ -199,7 +199,7 @@ def test_freq_factors_divide_each_pair_and_llama3s_factors_are_what_llama_cpp_wr
     D, L, s = 16, 64, 8.0
     llama3 = F.RopeScaling("llama3", s, original_max_position_embeddings=L, low_freq_factor=1.0, high_freq_factor=4.0)
     factors = F.rope_scaling.llama3_freq_factors(D, THETA, llama3)
-    expected = []                              # llama.cpp's convert_hf_to_gguf.py, written out pair by pair
+    expected = []                              # llama.cpp's HF-to-GGUF converter, written out pair by pair
     for i in range(D // 2):
         wavelength = 2 * math.pi / THETA ** (-2 * i / D)
         if wavelength < L / 4.0:
