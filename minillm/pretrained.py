@@ -145,9 +145,10 @@ def load_pretrained(source, dequantize=False, checkpoint=False):
 
 def hf_family(directory):
     """"encoder" (BERT), "encoder_decoder" (T5) or "decoder": the family of a Hugging Face directory."""
-    from .io.hf_bert import _read_json, is_bert
+    from .io.files import read_json
+    from .io.hf_bert import is_bert
     from .io.hf_t5 import is_t5
-    hf = _read_json(os.path.join(directory, "config.json"))
+    hf = read_json(os.path.join(directory, "config.json"))
     return "encoder" if is_bert(hf) else "encoder_decoder" if is_t5(hf) else "decoder"
 
 

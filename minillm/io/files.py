@@ -19,6 +19,19 @@ DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.flo
           "I64": np.int64, "I32": np.int32, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
+def read_json(path, required=True):
+    """A JSON file's value; a missing file is a FormatError when required (else None), as is bad JSON."""
+    if not os.path.isfile(path):
+        if required:
+            raise FormatError(f"{path}: missing")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise FormatError(f"{path}: not readable JSON ({error})") from None
+
+
 def read_safetensors(path):
     """{name: array} of a safetensors file, as views of a read-only memory map (see the docstring)."""
     size = os.path.getsize(path)

@@ -10,7 +10,6 @@ minillm's parameter names, except GPT-2's:
 Llama's q/k rows are already in rotate-half order (only GGUF permutes them). A tied head has no
 lm_head.weight (or one equal to the embedding, which is then dropped).
 """
-import json
 import os
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from ..models import ModelConfig
 from ..nn.quantized import QuantizedWeights
 from .errors import FormatError
-from .files import as_float32, read_safetensors, write_json, write_safetensors
+from .files import as_float32, read_json, read_safetensors, write_json, write_safetensors
 from .tokenizer import hf_tokenizer_files, tokenizer_from_hf
 
 LLAMA_KEYS = {"input_layernorm.weight": "norm1.weight", "post_attention_layernorm.weight": "norm2.weight",
@@ -32,24 +31,12 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 GPT2_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def _read_json(path, required=True):
-    if not os.path.isfile(path):
-        if required:
-            raise FormatError(f"{path}: missing")
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise FormatError(f"{path}: not readable JSON ({error})") from None
-
-
 def read_tensors(directory):
     """{key: array} of the directory's model.safetensors or of every shard its index lists."""
     single = os.path.join(directory, "model.safetensors")
     if os.path.isfile(single):
         return read_safetensors(single)
-    index = _read_json(os.path.join(directory, "model.safetensors.index.json"), required=False)
+    index = read_json(os.path.join(directory, "model.safetensors.index.json"), required=False)
     if index is None:
         raise FormatError(f"{directory}: no model.safetensors nor model.safetensors.index.json")
     tensors = {}
@@ -162,15 +149,15 @@ def weights_from_hf(arch, tensors, config, where):
 def read_hf(directory):
     """{"config", "weights", "tokenizer", "types"} of a Hugging Face model directory."""
     where = os.path.basename(os.path.normpath(directory))
-    hf = _read_json(os.path.join(directory, "config.json"))
+    hf = read_json(os.path.join(directory, "config.json"))
     arch, config = config_from_hf(hf, where)
     tensors = read_tensors(directory)
     types = {k: str(v.dtype) for k, v in tensors.items()}
     weights = weights_from_hf(arch, tensors, config, where)
-    data = _read_json(os.path.join(directory, "tokenizer.json"), required=False)
+    data = read_json(os.path.join(directory, "tokenizer.json"), required=False)
     tokenizer = None
     if data is not None:
-        tokenizer = tokenizer_from_hf(data, where, _read_json(os.path.join(directory, "tokenizer_config.json"),
+        tokenizer = tokenizer_from_hf(data, where, read_json(os.path.join(directory, "tokenizer_config.json"),
                                                               required=False), hf)
     elif "minillm_char_tokenizer" in hf:
         from ..tokenizers import CharTokenizer

@@ -17,7 +17,6 @@ head are not part of minillm's model and are skipped. A sentence-transformers di
 modules.json: its Pooling module's config.json gives the pooling, a Normalize module the L2
 normalisation, and sentence_bert_config.json the longest input (max_seq_length).
 """
-import json
 import os
 
 import numpy as np
@@ -26,7 +25,7 @@ from ..models import EncoderConfig
 from ..models.pooling import pooling_modes
 from ..tokenizers import WordPieceTokenizer
 from .errors import FormatError
-from .files import as_float32
+from .files import as_float32, read_json
 from .hf import read_tensors
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -38,18 +37,6 @@ TOP_KEYS = {"embeddings.word_embeddings": "wte", "embeddings.position_embeddings
             "cls.predictions.transform.dense": "mlm.dense", "cls.predictions.transform.LayerNorm": "mlm.norm"}
 SKIPPED = ("pooler.", "cls.seq_relationship.", "embeddings.position_ids", "cls.predictions.decoder.")
 PARAM_NAMES = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias"}   # old LayerNorm names
-
-
-def _read_json(path, required=True):
-    if not os.path.isfile(path):
-        if required:
-            raise FormatError(f"{path}: missing")
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise FormatError(f"{path}: not readable JSON ({error})") from None
 
 
 def is_bert(hf):
@@ -102,12 +89,12 @@ def bert_weights(tensors, where):
 
 def bert_tokenizer(directory, where):
     """The WordPiece tokenizer of vocab.txt (+ tokenizer_config.json's casing), or of tokenizer.json."""
-    config = _read_json(os.path.join(directory, "tokenizer_config.json"), required=False) or {}
+    config = read_json(os.path.join(directory, "tokenizer_config.json"), required=False) or {}
     vocab_txt = os.path.join(directory, "vocab.txt")
     if os.path.isfile(vocab_txt):
         lower = bool(config.get("do_lower_case", True))
         return WordPieceTokenizer.from_vocab_txt(vocab_txt, lowercase=lower, strip_accents=config.get("strip_accents"))
-    data = _read_json(os.path.join(directory, "tokenizer.json"), required=False)
+    data = read_json(os.path.join(directory, "tokenizer.json"), required=False)
     if data is None:
         return None
     model, norm = data.get("model") or {}, data.get("normalizer") or {}
@@ -125,14 +112,14 @@ def bert_tokenizer(directory, where):
 def sentence_transformers_settings(directory, where):
     """{"pooling": modes, "normalize": bool, "max_length": int or None} of a sentence-transformers
     directory (modules.json), or None for a plain BERT directory."""
-    modules = _read_json(os.path.join(directory, "modules.json"), required=False)
+    modules = read_json(os.path.join(directory, "modules.json"), required=False)
     if modules is None:
         return None
     settings = {"pooling": ("mean",), "normalize": False, "max_length": None}
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
-            config = _read_json(os.path.join(directory, module.get("path", ""), "config.json"), required=False) or {}
+            config = read_json(os.path.join(directory, module.get("path", ""), "config.json"), required=False) or {}
             try:
                 settings["pooling"] = pooling_modes(config)
             except ValueError as error:
@@ -142,7 +129,7 @@ def sentence_transformers_settings(directory, where):
         elif kind not in ("Transformer", ""):
             raise FormatError(f"{where}: sentence-transformers module {kind!r} is not supported (Transformer, "
                               "Pooling and Normalize are)")
-    sbert = _read_json(os.path.join(directory, "sentence_bert_config.json"), required=False) or {}
+    sbert = read_json(os.path.join(directory, "sentence_bert_config.json"), required=False) or {}
     settings["max_length"] = sbert.get("max_seq_length")
     return settings
 
@@ -150,7 +137,7 @@ def sentence_transformers_settings(directory, where):
 def read_bert(directory):
     """{"config", "weights", "tokenizer", "types", "embedding"} of a Hugging Face BERT directory."""
     where = os.path.basename(os.path.normpath(directory))
-    hf = _read_json(os.path.join(directory, "config.json"))
+    hf = read_json(os.path.join(directory, "config.json"))
     tensors = read_tensors(directory)
     has_mlm = any(k.startswith("cls.predictions.transform.") for k in tensors)
     config = bert_config(hf, has_mlm, where)
