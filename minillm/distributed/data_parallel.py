@@ -1,4 +1,5 @@
-"""Data parallelism for the Trainer: every rank holds the model and trains on its shard of each
+"""Data parallelism for the Trainer (and the Finetuner, minillm/finetune.py, which weights each rank
+by its share of the batch's trained tokens): every rank holds the model and trains on its shard of each
 global batch; the gradients are summed over the ranks before the optimizer step.
 
 The objective is the one a single process minimises. A step's global batch is grad_accum
