@@ -51,7 +51,8 @@ def main():
     with open(os.path.join(run_dir, "train_log.jsonl")) as f:
         steps = [json.loads(line) for line in f if '"eval"' not in line]
     tok_s = sum(s["tokens"] for s in steps) / sum(s["tokens"] / s["tokens_per_s"] for s in steps)
-    after, replies = exact_match(run.model.eval(), tokenizer, held)
+    tuned, _ = load_pretrained(run_dir)              # the adapter folded in, as generate and chat load it
+    after, replies = exact_match(tuned, tokenizer, held)
     report = {"model": args.model, "method": args.method, "steps": result["step"], "batch_size": 8,
               "train_records": args.train, "eval_records": args.eval, "exact_match_before": before,
               "exact_match_after": after, "train_seconds": result["seconds"], "train_tokens_per_s": tok_s,

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from .cli_train import DEFAULT_PRESET, RESUME_RULES, cmd_train
+from .cli_train import DEFAULT_PRESET, RESUME_RULES, add_data_parallel_arguments, cmd_train
 from .config import (UsageError, dropout_rate, existing_file, finite_float, nonnegative_float,  # noqa: F401
                      nonnegative_int, open_fraction, output_directory, positive_float, positive_int, probability, seed_int,
                      thread_count)
@@ -197,13 +197,7 @@ def build_parser():
     p.add_argument("--plot", action="store_true", help="write a loss-curve PNG, and for MoE models an expert-load "
                    "histogram (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("data parallel (run under mpiexec -n N; see docs/distributed.md)")
-    g.add_argument("--distributed", action="store_true", help="use MPI even if no MPI launcher is detected")
-    g.add_argument("--zero", action="store_true", help="shard AdamW's moments over the ranks (ZeRO stage 1)")
-    g.add_argument("--bucket-mb", type=positive_float, default=4.0, help="gradient bucket size in MiB (default %(default)s)")
-    g.add_argument("--no-overlap", action="store_true", help="sum the gradients after backward, not during it")
-    g.add_argument("--comm-timeout", type=nonnegative_float, default=600.0, help="seconds a rank waits for the others in one "
-                   "collective before every rank is stopped (default %(default)s; 0: forever)")
+    add_data_parallel_arguments(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint or a pretrained model")

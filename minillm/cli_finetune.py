@@ -4,24 +4,38 @@ checkpoint on a JSONL file of chats or prompt/completion pairs (minillm/finetune
 The data are read and checked before --out is touched: a bad record stops the run with one line
 naming the file and line (exit 2), and nothing is written. --out follows `minillm train`'s rules: a
 directory that holds a checkpoint needs --resume (continue it, bit-exactly) or --overwrite.
+Under `mpiexec -n N` every rank trains on its shard of each batch (docs/distributed.md); rank 0
+checks the flags, reads the data first and alone writes.
 """
 import os
+import sys
 
 from .config import (UsageError, dropout_rate, existing_file, nonnegative_float, open_fraction, output_directory,
                      positive_float, positive_int, seed_int, thread_count)
 
 
 def cmd_finetune(args):
-    from . import checkpoint as ckpt
-    from .cli_train import _check_out
-    from .files import DirectoryLock
-    from .finetune import FinetuneConfig, Finetuner
-    from .nn.lora_config import KNOWN
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other: pass one")
+    from . import distributed
+    try:       # `mpiexec -n N minillm finetune` (or --distributed): one rank of N; else this process alone
+        comm = distributed.from_environment(args.distributed, args.comm_timeout)
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
+    try:
+        return _finetune(args, comm)
+    except distributed.RootFailed:
+        return 0                                          # rank 0 reports the problem
+
+
+def _finetune_config(args):
+    """The run's FinetuneConfig from the flags, after checking them and --out against --resume."""
+    from . import checkpoint as ckpt
+    from .finetune import FinetuneConfig
+    from .nn.lora_config import KNOWN
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pass one")
     for name in (args.target_modules or "").split(","):
         if name.strip() and name.strip() not in KNOWN:
             raise UsageError(f"--target-modules: {name.strip()!r} is not one of {', '.join(KNOWN)}")
@@ -40,17 +54,54 @@ def cmd_finetune(args):
                          "start over, or --out for another directory")
     if args.resume and not ckpt.has_checkpoint(out):
         raise UsageError(f"--resume: no checkpoint in {out!r}")
-    run = Finetuner(args.model, args.data, out, config, resume=args.resume, progress=not args.no_progress,
-                    merge=args.merge)                          # loads and checks the data: nothing written yet
+    return config
+
+
+def _claim_out(args, out):
+    from .cli_train import _check_out
+    from .files import DirectoryLock
     os.makedirs(out, exist_ok=True)
     with DirectoryLock(out):
         _check_out(args, out)
-    trainable = sum(p.size for _, p in run.optimizer.named_parameters())
-    print(f"finetune {config.method}: {run.model.num_parameters():,} parameters, {trainable:,} trained; "
-          f"{len(run.train_examples)} train / {len(run.eval_examples)} eval examples")
-    result = run.run()
+
+
+def _finetune(args, comm):
+    """Rank 0 checks the flags and --out and builds its run first (the data are read and checked
+    before --out is touched; its errors are one line, exit 2); then the other ranks build theirs
+    and every rank trains. Under MPI only rank 0 prints and writes."""
+    from . import distributed
+    from .finetune import Finetuner
+    from .train import TrainingDiverged
+    root, out = comm.rank == 0, args.out
+    config = comm.run_on_root(lambda: _finetune_config(args))
+    parallel = distributed.ParallelConfig(zero=args.zero, bucket_mb=args.bucket_mb, overlap=not args.no_overlap)
+
+    def build():
+        return Finetuner(args.model, args.data, out, config, resume=args.resume, progress=not args.no_progress,
+                         merge=args.merge, comm=comm, parallel=parallel)
+    run = comm.root_first(build if root else lambda: distributed.stop_all_on_error(comm, build))
+    comm.run_on_root(lambda: _claim_out(args, out))
+    if root:
+        trainable = sum(p.size for _, p in run.optimizer.named_parameters())
+        print(f"finetune {run.config.method}: {run.model.num_parameters():,} parameters, {trainable:,} trained; "
+              f"{len(run.train_examples)} train / {len(run.eval_examples)} eval examples")
+        if comm.size > 1:
+            rows = min(run.config.batch_size, len(run.rows if run.config.pack else run.train_examples))
+            print(f"data parallel: {comm.size} ranks share each batch of {rows} "
+                  f"{'packed rows' if run.config.pack else 'examples'}"
+                  + (", AdamW moments sharded (ZeRO-1)" if parallel.zero else ""), file=sys.stderr)
+    try:
+        result = distributed.stop_all_on_error(comm, run.run, passes=(TrainingDiverged, distributed.RootFailed))
+    except TrainingDiverged as error:
+        if root:
+            print(f"minillm: error: {error}", file=sys.stderr)
+        return 1 if root else 0
+    if not root:
+        return 0
     print(f"done: step {result['step']} in {result['seconds']:.1f} s, peak memory {result['peak_memory_mib']:.0f} MiB; "
           f"load it with: minillm chat --model {out}")
+    if comm.size > 1:
+        print(f"rank 0 of {comm.size}: optimizer state {result['optimizer_state_mib']:.3f} MiB")
     if args.plot:
         from .plots import plot_losses
         print(f"wrote {plot_losses(out)}")
@@ -89,4 +140,6 @@ def add_parser(sub):
     p.add_argument("--plot", action="store_true", help="write loss.png (needs matplotlib)")
     p.add_argument("--threads", type=thread_count)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .cli_train import add_data_parallel_arguments
+    add_data_parallel_arguments(p)
     p.set_defaults(run=cmd_finetune)

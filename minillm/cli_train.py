@@ -29,6 +29,18 @@ RESUME_RULES = """resuming (--resume):
   checkpoint's step, so no step is logged twice. See docs/reliability.md."""
 
 
+def add_data_parallel_arguments(parser):
+    """The flags of a data-parallel run (minillm train, minillm finetune)."""
+    from .config import nonnegative_float, positive_float
+    g = parser.add_argument_group("data parallel (run under mpiexec -n N; see docs/distributed.md)")
+    g.add_argument("--distributed", action="store_true", help="use MPI even if no MPI launcher is detected")
+    g.add_argument("--zero", action="store_true", help="shard AdamW's moments over the ranks (ZeRO stage 1)")
+    g.add_argument("--bucket-mb", type=positive_float, default=4.0, help="gradient bucket size in MiB (default %(default)s)")
+    g.add_argument("--no-overlap", action="store_true", help="sum the gradients after backward, not during it")
+    g.add_argument("--comm-timeout", type=nonnegative_float, default=600.0, help="seconds a rank waits for the others in one "
+                   "collective before every rank is stopped (default %(default)s; 0: forever)")
+
+
 def _spec(args):
     """(where, the model section, the train section) of --config or --preset, their kinds checked."""
     from .config import check_fields, read_config

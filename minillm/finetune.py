@@ -14,11 +14,25 @@ continues bit-exactly. A NaN or infinite loss or gradient stops the run before t
 
 The output directory loads in `minillm generate` / `chat` (load_pretrained reads finetune.json: the
 base plus adapter/, or merged/ when the run was asked to --merge, or the full model's checkpoint).
+
+Data parallel (`mpiexec -n N minillm finetune`, comm: a minillm.distributed communicator; see
+docs/distributed.md): every rank draws the same global batch with the same data RNG and keeps the
+contiguous rows [r G / N, (r + 1) G / N) of its G examples (or packed rows), padded or packed on
+their own. A rank's mean loss L_r is over its n_r trained tokens; it is back-propagated with the
+weight n_r / n, n the trained tokens of the whole global batch (every rank counts them from the
+picks), so
+
+    sum over ranks of (n_r / n) L_r  =  the mean loss over the global batch's trained tokens,
+
+and the trainable gradients, summed over the ranks (DataParallel), are the single-process ones up
+to float32 rounding. The step is the same on every rank; evaluation batches are shared round robin
+and merged in order (the single-process figures exactly); only rank 0 writes.
 """
 import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -26,10 +40,11 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import functional as F
 from .autograd import no_grad
+from .distributed import DataParallel, LocalCommunicator, merge_from_ranks, micro_batch_rows
 from .files import DirectoryLock, write_json
 from .lora import LoraConfig, adapter_state_dict, apply_lora, load_adapter, merge_lora, save_adapter, set_adapter_rng
 from .nn.quantized import QLORA_SCHEMES
-from .optim import AdamW, clip_grad_norm, cosine_lr, param_groups
+from .optim import AdamW, cosine_lr, param_groups
 from .pretrained import load_base
 from .sft_data import load_examples, pack_rows, packed_batch, pad_batch, split_examples
 from .train import TrainingDiverged, _progress, peak_memory_mib, truncate_log
@@ -93,8 +108,14 @@ class _AdapterView:
 class Finetuner:
     """A fine-tuning run: the base model (adapted), the data split, the optimizer and the RNGs."""
 
-    def __init__(self, source, data_path, out_dir, config, resume=False, progress=True, log=print, merge=False):
-        self.out_dir, self.progress, self.log, self.merge = out_dir, progress, log, merge
+    def __init__(self, source, data_path, out_dir, config, resume=False, progress=True, log=print, merge=False,
+                 comm=None, parallel=None):
+        """comm: a minillm.distributed communicator (default: this process alone), parallel: its
+        distributed.ParallelConfig (ZeRO-1, buckets). Construction makes no collective call, so the
+        CLI builds rank 0's first (its errors are the run's) and the replicas meet in run()."""
+        self.out_dir, self.progress, self.merge = out_dir, progress, merge
+        self.comm = comm or LocalCommunicator()
+        self.log = log if self.comm.rank == 0 else (lambda message: None)
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
             run = saved["state"]["train_config"]
@@ -107,10 +128,15 @@ class Finetuner:
         examples = load_examples(data_path, self.tokenizer, self.model.config.block_size)   # before any write
         self.train_examples, self.eval_examples = split_examples(examples, c.eval_fraction, c.seed)
         self.rows = pack_rows(self.train_examples, self.model.config.block_size) if c.pack else None
+        rows = min(c.batch_size, len(self.rows if c.pack else self.train_examples))
+        if rows < self.comm.size:
+            raise ValueError(f"finetune: a batch of {rows} {'packed rows' if c.pack else 'examples'} cannot be shared "
+                             f"by {self.comm.size} ranks; raise --batch-size (or give more data), or use fewer ranks")
         if c.method != "full":
             apply_lora(self.model, c.lora(), rng=np.random.default_rng([c.seed, 3]))
         self.model.train()
-        self.optimizer = AdamW(param_groups(self.model, c.weight_decay), c.lr)
+        self.dp = DataParallel(self.model, AdamW(param_groups(self.model, c.weight_decay), c.lr), self.comm, parallel)
+        self.optimizer = self.dp.optimizer                      # ZeroAdamW when the moments are sharded
         self.data_rng = np.random.default_rng([c.seed, 1])
         self.step, self.resumed_at, self.best_val = 0, None, math.inf
         if saved:
@@ -135,13 +161,18 @@ class Finetuner:
     # ---- one step
 
     def next_batch(self):
+        """This rank's part of the step's global batch (all of it in one process), with
+        "global_trained": the trained tokens of the whole global batch."""
         c = self.config
+        items = self.rows if self.rows is not None else [[i] for i in range(len(self.train_examples))]
+        picked = self.data_rng.choice(len(items), size=min(c.batch_size, len(items)), replace=False)
+        mine = picked[micro_batch_rows(len(picked), 1, self.comm.rank, self.comm.size)[0][0]]
         if self.rows is not None:
-            picked = self.data_rng.choice(len(self.rows), size=min(c.batch_size, len(self.rows)), replace=False)
-            return packed_batch(self.train_examples, [self.rows[i] for i in picked])
-        picked = self.data_rng.choice(len(self.train_examples), size=min(c.batch_size, len(self.train_examples)),
-                                      replace=False)
-        return pad_batch([self.train_examples[i] for i in picked])
+            batch = packed_batch(self.train_examples, [self.rows[i] for i in mine])
+        else:
+            batch = pad_batch([self.train_examples[i] for i in mine])
+        batch["global_trained"] = sum(int(self.train_examples[e][1][1:].sum()) for i in picked for e in items[i])
+        return batch
 
     def loss(self, batch):
         """(loss Tensor, trained-token accuracy, trained tokens) of a batch."""
@@ -150,40 +181,50 @@ class Finetuner:
 
     def train_step(self):
         c = self.config
-        set_adapter_rng(self.model, np.random.default_rng([c.seed, 4, self.step]))   # dropout: same masks on resume
+        dropout = np.random.default_rng([c.seed, 4, self.step])      # the same masks on resume
+        self.dp.start_step(self.step, dropout, c.seed)                # N > 1: rank r's own masks; MINILLM_FAULT
+        set_adapter_rng(self.model, dropout)
         self.optimizer.lr = lr = cosine_lr(self.step, c.lr, c.min_lr, c.warmup_iters, c.max_iters)
         batch = self.next_batch()
         loss, accuracy, tokens = self.loss(batch)
-        value = float(loss.data)
+        weight = tokens / batch["global_trained"]                     # 1 in one process
+        with self.dp.backward(final=True):                            # gradient buckets sum as they fill
+            (loss * weight).backward()
+        grad_norm = self.dp.reduce_gradients(c.grad_clip)             # summed over the ranks, clipped globally
+        value, accuracy, tokens, seen = self.dp.sum_over_ranks(float(loss.data) * weight, accuracy * weight,
+                                                               tokens, batch["ids"].size)
         kept = f"stopped before applying it; the last checkpoint in {self.out_dir} was left as it was (try a lower --lr)"
         if not math.isfinite(value):
             raise TrainingDiverged(f"the loss became {value} at step {self.step}; {kept}")
-        loss.backward()
-        grad_norm = clip_grad_norm([p for _, p in self.optimizer.named_parameters()], c.grad_clip)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"the gradient norm became {grad_norm} at step {self.step}; {kept}")
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
         return {"loss": value, "token_accuracy": accuracy, "lr": lr, "grad_norm": grad_norm,
-                "tokens": int(batch["ids"].size), "trained_tokens": tokens}
+                "tokens": int(seen), "trained_tokens": int(tokens)}
 
     def evaluate(self):
         """{"val": mean loss, "val_token_accuracy"} over the held-out examples (weighted by trained tokens)."""
         if not self.eval_examples:
             return {}
         self.model.eval()
-        total = correct = count = 0.0
+        size, results = self.config.batch_size, {}     # batch k on rank k mod N, merged in batch order
         with no_grad():
-            for i in range(0, len(self.eval_examples), self.config.batch_size):
-                loss, accuracy, n = self.loss(pad_batch(self.eval_examples[i:i + self.config.batch_size]))
-                total, correct, count = total + float(loss.data) * n, correct + accuracy * n, count + n
+            for k, i in enumerate(range(0, len(self.eval_examples), size)):
+                if k % self.comm.size == self.comm.rank:
+                    loss, accuracy, n = self.loss(pad_batch(self.eval_examples[i:i + size]))
+                    results[k] = (float(loss.data), accuracy, n)
         self.model.train()
+        total = correct = count = 0.0
+        for k, (loss, accuracy, n) in sorted(merge_from_ranks(results, self.comm).items()):
+            total, correct, count = total + loss * n, correct + accuracy * n, count + n
         return {"val": total / count, "val_token_accuracy": correct / count}
 
     # ---- saving
 
     def save(self, losses=None):
+        """A checkpoint of this step (collective: every rank calls it; rank 0 writes)."""
         if not all(np.isfinite(p.data).all() for _, p in self.optimizer.named_parameters()):
             raise TrainingDiverged(f"the weights hold NaN or infinite values at step {self.step}; stopped, and the "
                                    f"last checkpoint in {self.out_dir} was left as it was")
@@ -191,7 +232,9 @@ class Finetuner:
                  "best_val": self.best_val if math.isfinite(self.best_val) else None, "losses": losses,
                  "rng": {"data": self.data_rng.bit_generator.state}}
         model = self.model if self.config.method == "full" else _AdapterView(self.model)
-        ckpt.save_checkpoint(self.out_dir, model, self.tokenizer, self.optimizer, state)
+        optimizer = self.dp.optimizer_to_save(self.step)        # collective: replica check, ZeRO gather
+        if self.comm.rank == 0:
+            ckpt.save_checkpoint(self.out_dir, model, self.tokenizer, optimizer, state)
 
     def write_outputs(self):
         """adapter/ (peft's files) for LoRA, merged/ with merge, and finetune.json naming them."""
@@ -212,10 +255,15 @@ class Finetuner:
     # ---- the run
 
     def run(self):
-        os.makedirs(self.out_dir, exist_ok=True)
-        log_path = os.path.join(self.out_dir, "train_log.jsonl")
-        with DirectoryLock(self.out_dir):
-            if self.resumed_at is not None:
+        """Train to max_iters (collective: every rank calls it). Rank 0 alone holds the lock on
+        out_dir and writes the checkpoints, train_log.jsonl, the progress bar and the outputs."""
+        self.dp.take_root_weights()                             # replicas start bit-identical
+        root = self.comm.rank == 0
+        if root:
+            os.makedirs(self.out_dir, exist_ok=True)
+        log_path = os.path.join(self.out_dir, "train_log.jsonl") if root else os.devnull
+        with DirectoryLock(self.out_dir) if root else nullcontext():
+            if self.resumed_at is not None and root:
                 truncate_log(log_path, self.resumed_at)
             with open(log_path, "a") as log_file:
                 return self._run(log_file)
@@ -234,7 +282,7 @@ class Finetuner:
     def _run(self, log_file):
         c = self.config
         start, recent, losses = time.perf_counter(), [], None
-        bar = _progress(self.step, c.max_iters, self.progress)
+        bar = _progress(self.step, c.max_iters, self.progress and self.comm.rank == 0)
         while self.step < c.max_iters:
             t0 = time.perf_counter()
             record = self.train_step()
@@ -249,9 +297,10 @@ class Finetuner:
                 losses = self._eval_and_save(log_file, float(np.mean(recent)))
         if bar is not None:
             bar.close()
-        self.write_outputs()
+        if self.comm.rank == 0:
+            self.write_outputs()
         return {"step": self.step, "losses": losses, "seconds": time.perf_counter() - start,
-                "peak_memory_mib": peak_memory_mib()}
+                "peak_memory_mib": peak_memory_mib(), "optimizer_state_mib": self.dp.optimizer_state_bytes() / 2 ** 20}
 
 
 def sft_loss(logits, targets):

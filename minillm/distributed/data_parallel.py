@@ -1,4 +1,5 @@
-"""Data parallelism for the Trainer: every rank holds the model and trains on its shard of each
+"""Data parallelism for the Trainer (and the Finetuner, minillm/finetune.py, which weights each rank
+by its share of the batch's trained tokens): every rank holds the model and trains on its shard of each
 global batch; the gradients are summed over the ranks before the optimizer step.
 
 The objective is the one a single process minimises. A step's global batch is grad_accum
@@ -68,16 +69,21 @@ class DataParallel:
     single-process behaviour (no copies, no collectives).
 
     optimizer: use dp.optimizer (a ZeroAdamW when config.zero) instead of the one passed in.
+    The ranks keep the trainable parameters in step (requires_grad: every one for pretraining, the
+    adapters for a LoRA fine-tune): only they are broadcast, summed and sharded. A frozen parameter
+    is loaded the same way on every rank and never changes.
     """
 
     def __init__(self, model, optimizer, comm, config=None):
         self.comm, self.config = comm, config or ParallelConfig()
         self.model, self.optimizer, self.sync = model, optimizer, None
+        self.params = [p for p in model.parameters() if p.requires_grad]
         if comm.size == 1 and not self.config.zero:
             return
         if self.config.zero and not isinstance(optimizer, AdamW):
             raise ValueError(f"--zero shards AdamW's moments; it does not apply to {type(optimizer).__name__}")
-        layout = FlatLayout(list(model.named_parameters())[::-1], self.config.bucket_mb * 2 ** 20)
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        layout = FlatLayout(trainable[::-1], self.config.bucket_mb * 2 ** 20)
         self.sync = GradientSync(layout, comm, sharded=self.config.zero, overlap=self.config.overlap)
         if self.config.zero:
             self.optimizer = ZeroAdamW(optimizer, self.sync)
@@ -130,11 +136,11 @@ class DataParallel:
         """Sum the gradients over the ranks, then clip them by their global norm (clip_grad_norm's
         rule); returns that norm before clipping. One process: clip_grad_norm itself."""
         if self.sync is None:
-            return clip_grad_norm(self.model.parameters(), max_norm)
+            return clip_grad_norm(self.params, max_norm)
         self.sync.finish()
         if self.config.zero:
             return self.optimizer.clip_grad_norm(max_norm)
-        return clip_grad_norm(self.model.parameters(), max_norm)
+        return clip_grad_norm(self.params, max_norm)
 
     def optimizer_to_save(self, step):
         """Collective, before each checkpoint (after `step` steps): checks that every rank holds the

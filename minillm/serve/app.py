@@ -3,7 +3,8 @@
     app = create_app(lambda: {"tiny": ServedModel("tiny", model, tokenizer)})
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-POST /v1/completions, /v1/chat/completions (stream, n, logprobs, usage), /v1/embeddings (encoders);
+POST /v1/completions, /v1/chat/completions (stream, n, logprobs, usage), /v1/embeddings (encoders:
+float or base64, usage);
 GET /v1/models, /health (503 while the models load), /metrics (Prometheus). The models load on a
 thread at startup; each engine steps on its own thread, and hands tokens to the request's asyncio
 queue (loop.call_soon_threadsafe). Admission: more than max_queue requests waiting gets 429 with
@@ -12,6 +13,7 @@ at the engine's next step). Errors have OpenAI's shape; an error in one request 
 Routing between a "small" and a "large" model (route="cascade" | "router") is in dispatch.py.
 """
 import asyncio
+import base64
 import json
 import threading
 import traceback
@@ -24,7 +26,7 @@ from . import protocol as P
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .protocol import ApiError
-from .served import NotAnEncoder
+from .served import InputTooLong, NotAnEncoder
 
 
 class AppState:
@@ -104,18 +106,32 @@ def create_app(load, *, max_queue=64, request_timeout=600.0, default_max_tokens=
     async def embeddings(request: Request):
         ready()
         body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
         served = state.dispatcher.named(body.get("model"))
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ApiError(400, "'input' must be a string or a non-empty list of strings", param="input")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise ApiError(400, "'input' must be a non-empty string or a non-empty list of non-empty strings",
+                           param="input")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
+                           param="encoding_format")
         try:
-            vectors = await asyncio.to_thread(served.embed, texts)
+            vectors, n = await asyncio.to_thread(served.embed, texts)
         except NotAnEncoder as error:
             raise ApiError(400, str(error), param="model", code="model_not_encoder") from None
-        n = sum(len(served.tokenizer.encode(t)) for t in texts)
+        except InputTooLong as error:
+            raise ApiError(400, str(error), param="input", code="context_length_exceeded") from None
+        dimensions = body.get("dimensions")
+        if dimensions is not None and dimensions != vectors.shape[1]:
+            raise ApiError(400, f"'dimensions': model {served.name!r} gives {vectors.shape[1]}-dimensional "
+                                f"embeddings and cannot shorten them; leave 'dimensions' out", param="dimensions")
+        encode = ((lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) if encoding == "base64"
+                  else (lambda v: v.tolist()))                  # base64: little-endian float32, as OpenAI sends
         return {"object": "list", "model": served.name, "usage": {"prompt_tokens": n, "total_tokens": n},
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]}
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]}
 
     def ready():
         if not state.ready.is_set():

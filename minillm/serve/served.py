@@ -1,10 +1,12 @@
 """A model as the server serves it: its engine, its tokenizer's prompts, its stop tokens, its name.
 
 ServedModel turns text (a completion prompt, or chat messages through the model's chat template)
-into token ids and token ids into text; the engine (engine.py) does the rest. A model object with
-an `embed(texts) -> (len(texts), dim) array` method (an encoder) serves /v1/embeddings through
-`embed`; a decoder does not have one, and `embed` raises NotAnEncoder.
+into token ids and token ids into text; the engine (engine.py) does the rest. An encoder-only
+model (family "encoder") serves /v1/embeddings through minillm.embed, as does any model object with
+an `embed(texts) -> (len(texts), dim) array` method; for a decoder `embed` raises NotAnEncoder.
 """
+import sys
+
 import numpy as np
 
 from ..io.chat_template import end_of_turn_id, render_chat, special_token_texts
@@ -13,6 +15,10 @@ from .request import token_bytes
 
 
 class NotAnEncoder(ValueError):
+    pass
+
+
+class InputTooLong(ValueError):
     pass
 
 
@@ -68,8 +74,23 @@ class ServedModel:
         return np.asarray(self.model.wte.infer(np.asarray([ids]))[0], dtype=np.float64).mean(axis=0)
 
     def embed(self, texts):
-        """(len(texts), dim) embeddings from an encoder model's embed(texts)."""
+        """(vectors (len(texts), dim) float32, tokens read) for texts. An encoder-only model (BERT, a
+        sentence-transformers directory) embeds through minillm.embed.embed: [CLS] text [SEP], the
+        model's pooling and normalisation, exactly what `minillm embed` prints; a text longer than the
+        model reads (max_length: the model's own, or its context) is refused, as OpenAI refuses, rather
+        than cut. Another model object with an embed(texts) method is used as it is."""
+        family = getattr(self.model.config, "family", "decoder")
+        if family == "encoder":
+            from ..embed import embed, embedding_settings, token_ids
+            limit = embedding_settings(self.model)[2]
+            counts = [len(token_ids(self.tokenizer, text, sys.maxsize)) for text in texts]
+            for i, n in enumerate(counts):
+                if n > limit:
+                    raise InputTooLong(f"input[{i}] is {n} tokens ([CLS] and [SEP] included), more than model "
+                                       f"{self.name!r} reads ({limit}); shorten or split it")
+            return embed(self.model, self.tokenizer, list(texts)), sum(counts)
         if not hasattr(self.model, "embed"):
-            raise NotAnEncoder(f"model {self.name!r} is a decoder; /v1/embeddings needs an encoder model "
-                               "(one with an embed(texts) method)")
-        return np.asarray(self.model.embed(list(texts)), dtype=np.float32)
+            raise NotAnEncoder(f"model {self.name!r} is a {family.replace('_', '-')} model; /v1/embeddings needs an "
+                               "encoder model (BERT-style, or one with an embed(texts) method)")
+        vectors = np.asarray(self.model.embed(list(texts)), dtype=np.float32)
+        return vectors, sum(len(self.tokenizer.encode(t)) for t in texts)
