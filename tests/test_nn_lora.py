@@ -137,38 +137,3 @@ def test_bad_configs_get_clear_errors():
     apply_lora(model, LoraConfig())
     with pytest.raises(ValueError, match="has LoRA adapters already"):
         apply_lora(model, LoraConfig())
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_adapters_merged_runs_the_adapters_in_infer_and_restores_the_weights_exactly(layout):
-    from minillm.generate import generate
-    from minillm.nn.lora import adapters_merged
-    model, ids, _ = model_and_batch(layout)
-    apply_lora(model, LoraConfig(r=2, lora_alpha=4, target_modules=LAYOUTS[layout][1], init_lora_weights=False),
-               rng=np.random.default_rng(1))
-    model.eval()
-    weights = {n: p.data.copy() for n, p in model.named_parameters()}
-    adapted = model(ids).data                                        # forward runs the adapters
-    with pytest.raises(ValueError, match="holds LoRA adapters"):
-        model.infer(ids)
-    with adapters_merged(model):
-        np.testing.assert_allclose(model.infer(ids), adapted, rtol=1e-5, atol=1e-5)
-        greedy = generate(model, [list(ids[0])], 2, temperature=0.0)        # the KV-cache path too
-    assert greedy[0] == [int(np.argmax(adapted[0, -1]))] + greedy[0][1:]
-    for name, p in model.named_parameters():                         # put back bit for bit, adapters kept
-        np.testing.assert_array_equal(p.data, weights[name], err_msg=name)
-    np.testing.assert_array_equal(model(ids).data, adapted)
-    with pytest.raises(ValueError, match="holds LoRA adapters"):
-        model.infer(ids)
-
-
-def test_adapters_merged_refuses_a_quantized_base():
-    from minillm.nn.lora import adapters_merged
-    model, ids, _ = model_and_batch("llama", n_embd=32, d_ff=64)
-    quantize_model(model, "q8_0")
-    apply_lora(model, LoraConfig(r=2, target_modules=["q_proj"]), rng=np.random.default_rng(1))
-    with pytest.raises(ValueError, match="the base is quantized"):
-        with adapters_merged(model):
-            pass
-    with pytest.raises(ValueError, match="holds LoRA adapters"):             # nothing left merged
-        model.infer(ids)

@@ -17,7 +17,6 @@ from .. import functional as F
 from .. import nn
 from ..autograd import Tensor
 from ..config import config_from_dict
-from ..nn.lora import has_unmerged_adapters
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi")
 
@@ -234,10 +233,10 @@ class DecoderLM(nn.Module):
         the positions along T to give logits for, (B, len(logit_rows), V) (the serving engine packs
         several sequences in one row and samples after the last token of each).
         """
-        if getattr(self, "lora_config", None) is not None and has_unmerged_adapters(self):   # infer: plain weights
+        if getattr(self, "lora_config", None) is not None:         # infer runs the plain weights only
             raise ValueError("DecoderLM.infer: the model holds LoRA adapters, which the inference path does not run "
-                             "(it would give the base's output); sample inside `with minillm.lora.adapters_merged("
-                             "model):`, fold them in for good with merge_lora(model), or call the model (forward)")
+                             "(it would give the base's output); fold them in first with minillm.lora.merge_lora("
+                             "model), or call the model (forward), which runs them")
         ids, positions = self._check_inputs(ids, positions, caches)
         x = self.wte.infer(ids)                                    # (B, T, C)
         if self.wpe is not None:

@@ -25,13 +25,11 @@ with the shared A, which is exactly peft's update of the fused matrix. The LoRA-
 base's parameter names (blocks.0.attn.wq.weight), and the adapters add theirs
 (blocks.0.attn.wq.adapter.lora_A, blocks.0.ffn.gate_adapter.lora_B, blocks.0.attn.c_attn_adapter.lora_A).
 """
-import contextlib
 import math
 
 import numpy as np
 
 from .. import functional as F
-from .. import kernels
 from .layers import Linear, SwiGLU
 from .lora_config import KNOWN, LoraConfig, _layouts, resolve_targets  # noqa: F401 (public here too)
 from .module import Module, Parameter
@@ -84,19 +82,6 @@ def project(x, weight, bias, adapter, rows=None):
     return F.lora_linear(x, weight, bias, adapter.lora_A, B, adapter.scale, mask)
 
 
-def _plain_infer(x, weight, bias=None):
-    """x W^T + b on arrays, without the tape or an adapter (a merged layer's infer)."""
-    if isinstance(weight, QuantizedWeights):
-        return weight.infer(x, bias)
-    return kernels.linear_forward(x, weight.data, None if bias is None else bias.data)
-
-
-def _refuse_unmerged(layer):
-    if not layer.merged:
-        raise ValueError(f"{type(layer).__name__}.infer: the inference path runs plain weights only; merge the "
-                         "adapter first (minillm.lora.adapters_merged(model), or merge_lora)")
-
-
 def _fold(weight, adapter, rows, sign):
     """W <- W + sign * s B A in place of W's array (a new array: W may be a read-only file view)."""
     if isinstance(weight, QuantizedWeights):
@@ -125,10 +110,6 @@ class LoraLinear(Module):
         if self.merged:
             return project(x, self.weight, self.bias, None)
         return project(x, self.weight, self.bias, *self.lora())
-
-    def infer(self, x):
-        _refuse_unmerged(self)
-        return _plain_infer(x, self.weight, self.bias)
 
     def merge(self):
         """W += s B A; forward then runs the plain layer (exact to float rounding; unmerge undoes it)."""
@@ -175,11 +156,6 @@ class LoraSwiGLU(Module):
         h = F.silu(project(x, self.w_gate, None, adapter(self.gate_adapter))) * \
             project(x, self.w_up, None, adapter(self.up_adapter))
         return project(h, self.w_down, None, adapter(self.down_adapter))
-
-    def infer(self, x):
-        _refuse_unmerged(self)
-        h = kernels.silu_forward(_plain_infer(x, self.w_gate)) * _plain_infer(x, self.w_up)
-        return _plain_infer(h, self.w_down)
 
     def merge(self):
         if not self.merged:
@@ -329,38 +305,6 @@ def merge_lora(model):
         p.requires_grad = True
     model.lora_config = None
     return model
-
-
-@contextlib.contextmanager
-def adapters_merged(model):
-    """While the block runs, every adapter is folded into its float weight (W + s B A), so the inference
-    path, which runs plain weights (DecoderLM.infer: generate with the KV cache, chat, serving), runs
-    the adapted model; afterwards the original weight arrays are put back, exactly (not W + d - d).
-    A quantized (QLoRA) base cannot be folded into and is refused. Yields the model."""
-    saved = []
-    try:
-        for _, layer in lora_layers(model):
-            if layer.merged:
-                continue
-            names = ["weight"] if isinstance(layer, LoraLinear) else [w for w, a in LoraSwiGLU.PARTS
-                                                                       if getattr(layer, a) is not None]
-            weights = [getattr(layer, name) for name in names]
-            if any(isinstance(w, QuantizedWeights) for w in weights):
-                raise ValueError("adapters_merged: the base is quantized (QLoRA), whose weights cannot hold the "
-                                 "adapters; sample from a LoRA model on a float base, or merge_lora a float copy")
-            saved.append((layer, [(w, w.data) for w in weights]))
-            layer.merge()
-        yield model
-    finally:
-        for layer, arrays in saved:
-            for weight, array in arrays:
-                weight.data = array
-            layer.merged = False
-
-
-def has_unmerged_adapters(model):
-    """True when a LoRA layer of model would add its adapter in forward but not in infer."""
-    return getattr(model, "lora_config", None) is not None and any(not m.merged for _, m in lora_layers(model))
 
 
 def set_adapter_rng(model, rng):
