@@ -1,7 +1,8 @@
 """`minillm constitution`: the Constitutional-AI loop (minillm/alignment/constitution.py) from the
 command line: answer, critique, revise and judge every prompt, and write into --out
 
-    sft.jsonl           {"messages": [..., user prompt, assistant: the revised answer]}  (minillm finetune --data)
+    sft.jsonl           {"messages": [..., user prompt, assistant: the revised answer]}  (minillm finetune --data;
+                        {"prompt", "completion"} for a model without a chat template)
     preferences.jsonl   {"prompt", "chosen", "rejected", "principle", "p_chosen", "chosen_is", "judgements"}
     transcript.jsonl    every step's request and reply, the principle, both judgements
     templates.json      the templates the run used (the defaults, or --templates over them)
@@ -16,10 +17,10 @@ import os
 import sys
 import time
 
-from .config import (UsageError, existing_file, nonnegative_float, output_directory, positive_int, probability,
-                     seed_int, thread_count)
+from .config import (UsageError, existing_file, nonnegative_float, number, output_directory, positive_int,
+                     probability, seed_int, thread_count)
 
-OUTPUTS = ("sft.jsonl", "preferences.jsonl", "transcript.jsonl", "templates.json", "run.json")
+margin = number(0.0, 0.5, high_open=True, name="margin")
 
 
 def _progress(total, enabled):
@@ -45,12 +46,12 @@ def _jsonl(records):
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def write_outputs(out, items, templates, run, chat):
+def write_outputs(out, items, templates, run, chat, min_margin=0.0):
     """The five files of --out (see the module docstring), each written atomically; the counts."""
     from .alignment.constitution import preference_record, sft_record
     from .files import atomic_write, write_json
-    sft = [r for r in map(sft_record, items) if r is not None]
-    preferences = [r for r in (preference_record(item, chat) for item in items) if r is not None]
+    sft = [r for r in (sft_record(item, chat) for item in items) if r is not None]
+    preferences = [r for r in (preference_record(item, chat, min_margin) for item in items) if r is not None]
     atomic_write(os.path.join(out, "sft.jsonl"), _jsonl(sft))
     atomic_write(os.path.join(out, "preferences.jsonl"), _jsonl(preferences))
     atomic_write(os.path.join(out, "transcript.jsonl"), _jsonl(items))
@@ -92,9 +93,10 @@ def cmd_constitution(args):
     run = {"model": args.model, "principles": principles, "prompts_file": args.prompts,
            "templates_file": args.templates, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
            "temperature": args.temperature, "top_p": args.top_p, "batch_size": args.batch_size,
+           "min_margin": args.min_margin,
            "position_bias_mean_p_A": position_bias(items), "seconds": round(seconds, 1)}
     with DirectoryLock(args.out):
-        counts = write_outputs(args.out, items, templates, run, chat)
+        counts = write_outputs(args.out, items, templates, run, chat, args.min_margin)
     print(f"done in {seconds:.0f} s: {counts['sft']} SFT records, {counts['preferences']} preference pairs "
           f"({counts['revised_preferred']} preferring the revision); mean p(A) {run['position_bias_mean_p_A']:.2f}; "
           f"in {args.out}")
@@ -120,6 +122,8 @@ def add_parser(sub):
     p.add_argument("--top-p", type=probability)
     p.add_argument("--batch-size", type=positive_int, default=8, help="prompts generated together "
                                                                       "(default %(default)s)")
+    p.add_argument("--min-margin", type=margin, default=0.0, help="keep a preference pair only if p(chosen) >= "
+                                                                   "0.5 + this (default %(default)s: every pair)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs in an --out that holds files")
     p.add_argument("--threads", type=thread_count)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -181,18 +181,22 @@ def judge(model, fmt, items, template, batch_size, progress=None):
 
 # ---- the records the loop's outputs hold
 
-def sft_record(item):
-    """{"messages": the prompt's chat + the revised answer}, or None if the revision is empty."""
+def sft_record(item, chat=True):
+    """{"messages": the prompt's chat + the revised answer} ({"prompt": the user's text, "completion": the
+    revised answer} for a model without a chat template), or None if the revision is empty."""
     revised = item["steps"]["revision"]["reply"]
     if not revised:
         return None
+    if not chat:
+        return {"prompt": prompt_text(item["prompt"]), "completion": revised}
     return {"messages": item["prompt"] + [{"role": "assistant", "content": revised}]}
 
 
-def preference_record(item, chat=True):
+def preference_record(item, chat=True, min_margin=0.0):
     """{"prompt", "chosen", "rejected", "principle", "p_chosen", "chosen_is", "judgements"} or None
-    when the item has no preference. prompt: the messages (chat) or the user's text."""
-    if item["preferred"] is None:
+    when the item has no preference, or p_chosen is below 1/2 + min_margin. prompt: the messages
+    (chat) or the user's text."""
+    if item["preferred"] is None or abs(item["p_revised"] - 0.5) < min_margin:
         return None
     initial, revised = item["steps"]["answer"]["reply"], item["steps"]["revision"]["reply"]
     chosen, rejected = (revised, initial) if item["preferred"] == "revised" else (initial, revised)
