@@ -162,9 +162,7 @@ def judge(model, fmt, items, template, batch_size, progress=None):
             requests.append(request)
             ids.append(fmt.ids(text))
             labels.append(label_token_ids(fmt.tokenizer, text))
-    p, mass = choice_probabilities(model, ids, labels, batch_size)
-    if progress is not None:
-        progress.update(len(ids))
+    p, mass = choice_probabilities(model, ids, labels, batch_size, None if progress is None else progress.update)
     for k, item in enumerate(items):
         first, second = 2 * k, 2 * k + 1
         item["judgements"] = [

@@ -7,7 +7,7 @@ skipped; a principle that appears twice is an error (it would be drawn twice as 
     # a comment
     Prefer the answer that is kind and avoids insults.
 
-Prompts: a .jsonl file holds one JSON object per line, {"prompt": "text"} or {"messages": [{"role",
+Prompts: a .jsonl (or .json) file holds one JSON object per line, {"prompt": "text"} or {"messages": [{"role",
 "content"}, ...]} ending with a user turn (other keys are ignored); any other file is text, one
 prompt per line (blank and "#" lines skipped, as for principles). A prompt becomes a chat: a text
 prompt is the single user message [{"role": "user", "content": text}].
@@ -90,7 +90,7 @@ def _check_messages(messages, where):
 def read_prompts(path):
     """[{"messages": chat ending with a user turn, "source": "file:line"}] of a prompts file."""
     prompts = []
-    if path.endswith(".jsonl"):
+    if path.endswith((".jsonl", ".json")):
         try:
             with open(path, encoding="utf-8") as f:
                 lines = [(n, line) for n, line in enumerate(f.read().splitlines(), 1) if line.strip()]

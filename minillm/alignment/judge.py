@@ -39,13 +39,13 @@ def label_token_ids(tokenizer, text, labels=LABELS):
     return ids
 
 
-def choice_probabilities(model, prompts, choices, batch_size=8):
+def choice_probabilities(model, prompts, choices, batch_size=8, on_batch=None):
     """(p, label_mass): p (N, 2) float64, each row the two choices' probabilities normalised over the
     two; label_mass (N,) the share of the full next-token distribution they hold.
 
     prompts: N token-id lists; choices: (N, 2) the two candidate next-token ids of each prompt.
     Prompts are batched left-padded (a key padding mask hides the pads), so every row's last position
-    is its own prompt's end.
+    is its own prompt's end. on_batch(n) is called after each batch of n prompts.
     """
     choices = np.asarray(choices, dtype=np.int64).reshape(len(prompts), 2)
     p, mass = np.zeros((len(prompts), 2)), np.zeros(len(prompts))
@@ -67,6 +67,8 @@ def choice_probabilities(model, prompts, choices, batch_size=8):
             log_pair = np.logaddexp(picked[:, 0], picked[:, 1])
             p[start:start + len(chunk)] = np.exp(picked - log_pair[:, None])
             mass[start:start + len(chunk)] = np.exp(log_pair - log_total)
+            if on_batch is not None:
+                on_batch(len(chunk))
     finally:
         model.train(was_training)
     return p, mass
