@@ -9,7 +9,7 @@ import string
 import numpy as np
 import pytest
 
-from minillm.alignment.constitution import ChatFormat, LoopConfig, judge, run_loop
+from minillm.alignment.constitution import ChatFormat, LoopConfig, judge, prompt_text, run_loop
 from minillm.alignment.constitution_files import (ConstitutionFileError, check_template, read_principles,
                                                   read_prompts, read_templates)
 from minillm.alignment.judge import LabelTokenError, choice_probabilities, label_token_ids
@@ -22,11 +22,13 @@ from minillm.tokenizers import CharTokenizer
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
-SHORT = {"answer": "{prompt}", "critique": "C {answer} vs {principle}", "revision": "R {answer} by {critique}",
+SHORT = {"answer": "{prompt}", "critique": "C {prompt}: {answer} vs {principle}", "revision": "R {answer} by {critique}",
          "judgement": "J {principle}? A: {answer_a} B: {answer_b}. A or B?\n"}
 PRINCIPLES = "# a comment\nBe kind.\n\nBe honest.\nBe brief.\n"
 PROMPTS = ['{"prompt": "Hi there?"}', '{"prompt": "What is 2+2?"}',
-           '{"messages": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Name a cat."}]}']
+           '{"messages": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Name a cat."}]}',
+           '{"messages": [{"role": "user", "content": "I cook."}, {"role": "assistant", "content": "Nice."}, '
+           '{"role": "user", "content": "What next?"}]}']
 
 
 def tokenizer(chat=True):
@@ -93,7 +95,8 @@ def test_the_cli_loop_writes_sft_preferences_and_a_transcript(files, capsys):
     for t in transcript:
         assert set(t["steps"]) == {"answer", "critique", "revision"} and len(t["judgements"]) == 2
         assert t["principle"] in ("Be kind.", "Be honest.", "Be brief.")
-        assert t["steps"]["critique"]["request"] == f"C {t['steps']['answer']['reply']} vs {t['principle']}"
+        assert t["steps"]["critique"]["request"] == (f"C {t['prompt'][0]['content']}: {t['steps']['answer']['reply']} "
+                                                     f"vs {t['principle']}")
     tok = tokenizer(chat=False)
     sft = read_jsonl(f"{out}/sft.jsonl")                       # no chat template: prompt / completion records
     assert sft == [{"prompt": t["prompt"][0]["content"], "completion": t["steps"]["revision"]["reply"]}
@@ -116,6 +119,7 @@ def test_chat_outputs_load_as_finetuning_data_and_pair_the_two_answers(tmp_path)
     examples = load_examples(str(tmp_path / "sft.jsonl"), tok, 640)
     assert len(examples) == counts["sft"] == len(items)
     assert tok.decode(examples[2][0][examples[2][1]]) == items[2]["steps"]["revision"]["reply"] + "\n"
+    assert tok.decode(examples[3][0]).startswith("<user>I cook.\n<assistant>Nice.\n<user>What next?\n<assistant>")
     for p, item in zip(read_jsonl(tmp_path / "preferences.jsonl"), items):
         assert p["prompt"] == item["prompt"]                        # the chat, system message and all
         answers = {item["steps"]["answer"]["reply"], item["steps"]["revision"]["reply"]}
@@ -126,7 +130,7 @@ def test_chat_outputs_load_as_finetuning_data_and_pair_the_two_answers(tmp_path)
 
 def test_min_margin_keeps_only_the_confident_pairs(tmp_path):
     items, _ = loop()
-    margin = sorted(abs(item["p_revised"] - 0.5) for item in items)[1]          # the middle one
+    margin = sorted(abs(item["p_revised"] - 0.5) for item in items)[-2]         # the second largest
     write_outputs(str(tmp_path), items, SHORT, {}, chat=True, min_margin=margin)
     kept = read_jsonl(tmp_path / "preferences.jsonl")
     assert len(kept) == 2 and all(p["p_chosen"] >= 0.5 + margin for p in kept)
@@ -134,6 +138,9 @@ def test_min_margin_keeps_only_the_confident_pairs(tmp_path):
 
 def test_the_steps_feed_each_other_through_the_templates():
     items, _ = loop()
+    assert items[3]["steps"]["critique"]["request"].startswith("C User: I cook.\nAssistant: Nice.\nUser: What next?: ")
+    assert prompt_text(items[3]["prompt"]) == "User: I cook.\nAssistant: Nice.\nUser: What next?"
+    assert prompt_text(items[2]["prompt"]) == "Name a cat."                       # the system message left out
     for item in items:
         s = item["steps"]
         assert s["answer"]["request"] == item["prompt"][-1]["content"]
@@ -170,9 +177,10 @@ def test_both_orders_are_judged_and_averaged_for_the_revision():
     items, tok = loop()
     model, fmt = tiny_model(tok), ChatFormat(tok)
     a, b = tok.encode("A")[0], tok.encode("B")[0]
-    assert max(abs(item["p_revised"] - 0.5) for item in items) > 0.05     # the orders disagree: a swap would show
+    assert max(abs(item["p_revised"] - 0.5) for item in items) > 0.01     # the orders disagree: a swap would show
     for item in items:
-        first, second = (direct_label_probabilities(model, fmt.ids(fmt.text(item["prompt"][:-1] + [
+        system = [m for m in item["prompt"] if m["role"] == "system"]
+        first, second = (direct_label_probabilities(model, fmt.ids(fmt.text(system + [
             {"role": "user", "content": j["request"]}])), a, b)[0] for j in item["judgements"])
         assert [j["A"] for j in item["judgements"]] == ["initial", "revised"]
         np.testing.assert_allclose([item["judgements"][0]["p_A"], item["judgements"][1]["p_A"]],

@@ -13,7 +13,8 @@ For each prompt, with a principle P drawn at random (seeded) from the constituti
                   so a judge that always prefers the first (or the second) position cancels out.
 
 Each step is one user message built from a template (constitution_files.py) and rendered with the
-model's chat template (the raw text if the tokenizer has none); steps 1-3 are batched through
+model's chat template (the raw text if the tokenizer has none), after the prompt's earlier turns for
+the answer and after its system messages only for the others (their {prompt} is the conversation); steps 1-3 are batched through
 generate (a KV cache, left-padded batches), step 4 is one forward per judgement prompt.
 
 The revisions are the SFT data (user prompt -> revised answer); the pair (initial, revised), the
@@ -84,9 +85,11 @@ def draw_principles(n, principles, seed):
     return np.random.default_rng([seed, 0]).integers(len(principles), size=n)
 
 
-def _user(messages, content):
-    """The prompt's earlier turns (system, previous turns) and a new user message."""
-    return messages[:-1] + [{"role": "user", "content": content}]
+def _user(messages, content, step):
+    """The chat of a step's request: for the answer, the prompt's earlier turns and the request; for the
+    other steps (whose {prompt} holds the whole conversation), the prompt's system messages and it."""
+    context = messages[:-1] if step == "answer" else [m for m in messages if m["role"] == "system"]
+    return context + [{"role": "user", "content": content}]
 
 
 def _generate_step(model, fmt, requests, step, config, sources, progress):
@@ -131,7 +134,7 @@ def run_loop(model, tokenizer, prompts, principles, templates, config, progress=
         if progress is not None:
             progress.set_description(name)
         requests = [request_of(item) for item in items]
-        texts = [fmt.text(_user(item["prompt"], r)) for item, r in zip(items, requests)]
+        texts = [fmt.text(_user(item["prompt"], r, name)) for item, r in zip(items, requests)]
         for item, request, (reply, truncated) in zip(items, requests, _generate_step(
                 model, fmt, texts, name, config, sources, progress)):
             item["steps"][name] = {"request": request, "reply": reply, "truncated": truncated}
@@ -158,7 +161,7 @@ def judge(model, fmt, items, template, batch_size, progress=None):
         for a, b in ((initial, revised), (revised, initial)):
             request = fill(template, prompt=prompt_text(item["prompt"]), principle=item["principle"],
                            answer_a=a, answer_b=b)
-            text = fmt.text(_user(item["prompt"], request))
+            text = fmt.text(_user(item["prompt"], request, "judgement"))
             requests.append(request)
             ids.append(fmt.ids(text))
             labels.append(label_token_ids(fmt.tokenizer, text))
