@@ -10,7 +10,8 @@ command line: answer, critique, revise and judge every prompt, and write into --
 
 The principles, prompts and templates are read and checked first (a bad line is one error naming
 file:line, exit 2) and --out is checked before the model is loaded: an existing directory that
-holds files needs --overwrite. The outputs are written at the end, each file atomically.
+holds files needs --overwrite. The run holds --out's lock (one writer at a time); the outputs are
+written at the end, each file atomically.
 """
 import json
 import os
@@ -81,21 +82,22 @@ def cmd_constitution(args):
     config = LoopConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         seed=args.seed, batch_size=args.batch_size)
     print(f"constitution: {len(prompts)} prompts, {len(principles)} principles, model {args.model}", file=sys.stderr)
-    bar = _progress(5 * len(prompts), not args.no_progress)      # 3 generations + 2 judgements per prompt
-    started = time.perf_counter()
-    try:
-        items = run_loop(model, tokenizer, prompts, principles, templates, config, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - started
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    run = {"model": args.model, "principles": principles, "prompts_file": args.prompts,
-           "templates_file": args.templates, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-           "temperature": args.temperature, "top_p": args.top_p, "batch_size": args.batch_size,
-           "min_margin": args.min_margin,
-           "position_bias_mean_p_A": position_bias(items), "seconds": round(seconds, 1)}
-    with DirectoryLock(args.out):
+    with DirectoryLock(args.out):                                # one writer for the whole run
+        _check_out(args.out, args.overwrite)
+        bar = _progress(5 * len(prompts), not args.no_progress)  # 3 generations + 2 judgements per prompt
+        started = time.perf_counter()
+        try:
+            items = run_loop(model, tokenizer, prompts, principles, templates, config, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - started
+        chat = bool(getattr(tokenizer, "chat_template", None))
+        run = {"model": args.model, "principles": principles, "prompts_file": args.prompts,
+               "templates_file": args.templates, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+               "temperature": args.temperature, "top_p": args.top_p, "batch_size": args.batch_size,
+               "min_margin": args.min_margin, "position_bias_mean_p_A": position_bias(items),
+               "seconds": round(seconds, 1)}
         counts = write_outputs(args.out, items, templates, run, chat, args.min_margin)
     print(f"done in {seconds:.0f} s: {counts['sft']} SFT records, {counts['preferences']} preference pairs "
           f"({counts['revised_preferred']} preferring the revision); mean p(A) {run['position_bias_mean_p_A']:.2f}; "

@@ -313,3 +313,12 @@ def test_the_default_judgement_labels_are_single_tokens_for_smollm2():
     _, tok = smollm2()
     ids = check_judgement_labels(tok, read_templates())
     assert [tok.decode([i]) for i in ids] == ["A", "B"]
+
+
+def test_the_bundled_example_files_and_default_templates_are_valid():
+    import os
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "constitution")
+    assert len(read_principles(os.path.join(root, "principles.txt"))) == 4
+    prompts = read_prompts(os.path.join(root, "prompts.jsonl"))
+    assert len(prompts) == 12 and any(len(p["messages"]) > 1 for p in prompts)
+    assert set(read_templates()) == {"answer", "critique", "revision", "judgement"}
