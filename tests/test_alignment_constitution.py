@@ -322,3 +322,18 @@ def test_the_bundled_example_files_and_default_templates_are_valid():
     prompts = read_prompts(os.path.join(root, "prompts.jsonl"))
     assert len(prompts) == 12 and any(len(p["messages"]) > 1 for p in prompts)
     assert set(read_templates()) == {"answer", "critique", "revision", "judgement"}
+
+
+def test_an_output_directory_another_process_writes_is_refused(files, capsys):
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from minillm.files import DirectoryLock; "
+                               "DirectoryLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               files["out"]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_cli(files) == 2
+        assert "in use by another minillm process" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
