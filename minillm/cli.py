@@ -12,6 +12,7 @@
     minillm export     a model as GGUF or a Hugging Face directory
     minillm serve      an OpenAI-compatible HTTP server: continuous batching, paged KV cache (minillm/serve_cli.py)
     minillm embed      sentence embeddings (and their cosine matrix) from an encoder (minillm/encoder_cli.py)
+    minillm constitution  Constitutional AI: SFT and preference data from principles (minillm/cli_constitution.py)
 
 Bad input (a flag of the wrong type or out of range, a missing or corrupt checkpoint, data that is
 empty or not UTF-8, a prompt longer than the context, an output directory another run is writing,
@@ -256,6 +257,8 @@ def build_parser():
     p.set_defaults(run=cmd_info)
     from .cli_finetune import add_parser as add_finetune_parser
     add_finetune_parser(sub)
+    from .cli_constitution import add_parser as add_constitution_parser
+    add_constitution_parser(sub)
     from .pretrained_cli import add_parsers as add_pretrained_parsers
     add_pretrained_parsers(sub)
     from .encoder_cli import add_parsers as add_encoder_parsers

@@ -36,7 +36,7 @@ LAYERS = [
                    "minillm.context_extension", "minillm.long_eval", "minillm.families", "minillm.mlm", "minillm.seq2seq",
                    "minillm.seq2seq_data", "minillm.embed", "minillm.alignment"]),
     ("serve", ["minillm.serve"]),
-    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
+    ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.cli_constitution", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
              "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
