@@ -5,6 +5,9 @@ Constitutional-AI loop. One concept per module:
     preference_data.py  {"prompt", "chosen", "rejected"} JSONL records -> pairs of rows, batched
     tasks.py            reverse-a-word: a preference task a program checks, and its tiny SFT starting point
     reward_model.py     RewardModel (a scalar head on the last real token), the Bradley-Terry loss, save / load
+    train.py            the loop on preference pairs (Finetuner's, with pairs): PreferenceConfig, PreferenceTrainer
+    reward_train.py     RewardTrainer: `minillm finetune --method reward`
+    best_of_n.py        sample n replies, keep the reward model's favourite: `minillm generate --best-of N`
 
 The trainers build on minillm/finetune.py (LoRA / QLoRA, the data checks, checkpoints, the log).
 """
