@@ -8,6 +8,7 @@ Constitutional-AI loop. One concept per module:
     train.py            the loop on preference pairs (Finetuner's, with pairs): PreferenceConfig, PreferenceTrainer
     reward_train.py     RewardTrainer: `minillm finetune --method reward`
     best_of_n.py        sample n replies, keep the reward model's favourite: `minillm generate --best-of N`
+    dpo.py              DPO / IPO / hinge against a frozen reference: `minillm finetune --method dpo`
 
 The trainers build on minillm/finetune.py (LoRA / QLoRA, the data checks, checkpoints, the log).
 """
