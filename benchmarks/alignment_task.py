@@ -1,14 +1,15 @@
 """The reward model, best-of-n and DPO measured on the reverse-a-word task (minillm/alignment/tasks.py):
 counts, not speed, so a busy machine gives the same figures (wall times are reported but load-dependent).
 
-    python benchmarks/alignment_task.py [--out /tmp/alignment-task] [--dpo-steps 150] [--rm-steps 150]
+    python benchmarks/alignment_task.py [--out /tmp/alignment-task] [--dpo-steps 50,100,200,400] [--betas 0.1,0.5]
 
 1. the SFT starting point: a tiny decoder trained in-process to reverse the word ~40% of the time;
    the rule rate of its samples (temperature 1, fixed seeds) on held-out prompts
 2. a reward model (`minillm finetune --method reward`'s trainer, LoRA) on the train split's pairs: its
    accuracy on held-out pairs (held-out prompts), and best-of-n with it (the rule rate of the pick)
-3. DPO (`--method dpo`'s trainer, LoRA, beta 0.1) from the starting point: the rule rate after, and the
-   held-out chosen-over-rejected log-probability margin before and after
+3. DPO (`--method dpo`'s trainer, LoRA) from the starting point, one run per beta and step count: the rule
+   rate after (and the shares of answers that copy the word or are neither), the held-out
+   chosen-over-rejected log-probability margin, and trl's figures on the held-out pairs
 
 Writes benchmarks/results/alignment.json (or --results).
 """
@@ -50,6 +51,14 @@ def plain(model):
     return merge_lora(copy.deepcopy(model)) if getattr(model, "lora_config", None) is not None else model
 
 
+def answer_kinds(model, tok, prompts, samples, seed):
+    """{"rule_rate", "copy_rate", "other_rate"} of sampled answers: reversed (the rule), copied, or neither."""
+    answers = [(q, a) for q, row in zip(prompts, tasks.sample_answers(model, tok, prompts, samples, seed)) for a in row]
+    right = np.mean([tasks.satisfies(q, a) for q, a in answers])
+    copied = np.mean([a == q[:-1] for q, a in answers])
+    return {"rule_rate": float(right), "copy_rate": float(copied), "other_rate": float(1 - right - copied)}
+
+
 def margin(model, pairs):
     """Mean over held-out pairs of log pi(chosen) - log pi(rejected), and the share of pairs where it is > 0."""
     batch = pair_batch(pairs)
@@ -64,9 +73,9 @@ def main():
     p.add_argument("--out", default="/tmp/alignment-task")
     p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results", "alignment.json"))
     p.add_argument("--sft-steps", type=int, default=1500)
-    p.add_argument("--rm-steps", type=int, default=150)
-    p.add_argument("--dpo-steps", type=int, default=150)
-    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--rm-steps", type=int, default=300)
+    p.add_argument("--dpo-steps", default="50,100,200,400", help="comma-separated: one DPO run per count")
+    p.add_argument("--betas", default="0.1,0.5", help="comma-separated: one DPO run per beta")
     p.add_argument("--pairs", type=int, default=800)
     p.add_argument("--prompts", type=int, default=100, help="held-out prompts sampled")
     p.add_argument("--samples", type=int, default=4, help="samples per held-out prompt")
@@ -86,8 +95,8 @@ def main():
     t0 = time.perf_counter()
     sft = tasks.sft_starting_point(tok, seed=args.seed, steps=args.sft_steps)
     report["sft"] = {"steps": args.sft_steps, "seconds": time.perf_counter() - t0,
-                     "rule_rate": tasks.rule_rate(sft, tok, prompts, args.samples, seed=11),
-                     "held_out_logp_margin": margin(sft, held)}
+                     **answer_kinds(sft, tok, prompts, args.samples, seed=11),
+                     "held_out_logp_margin": margin(sft, held)[0], "held_out_logp_margin_positive": margin(sft, held)[1]}
     print("sft", report["sft"], flush=True)
     base = os.path.join(args.out, "sft")
     save_checkpoint(base, sft, tok, state={"step": args.sft_steps})
@@ -110,18 +119,23 @@ def main():
                                                                                   for q, a in zip(prompts, picks)]))}
     print("reward model", report["reward_model"], flush=True)
 
-    config = PreferenceConfig(objective="dpo", beta=args.beta, lr=3e-3, max_iters=args.dpo_steps,
-                              eval_interval=args.dpo_steps, **common)
-    run = DPOTrainer(base, data, os.path.join(args.out, "dpo"), config, progress=False, log=lambda *_: None)
-    result = run.run()
-    with open(os.path.join(args.out, "dpo", "train_log.jsonl")) as f:
-        last = [json.loads(line) for line in f][-1]
-    policy = plain(run.model).eval()
-    report["dpo"] = {"method": "lora", "beta": args.beta, "loss": "sigmoid", "steps": result["step"],
-                     "seconds": result["seconds"], "rule_rate": tasks.rule_rate(policy, tok, prompts, args.samples, seed=11),
-                     "held_out_logp_margin": margin(policy, held),
-                     "eval": {k: v for k, v in last.items() if k.startswith("eval_") or k == "val"}}
-    print("dpo", report["dpo"], flush=True)
+    report["dpo"] = []
+    for beta in [float(b) for b in args.betas.split(",")]:
+        for steps in [int(n) for n in args.dpo_steps.split(",")]:
+            config = PreferenceConfig(objective="dpo", beta=beta, lr=3e-3, max_iters=steps, eval_interval=steps, **common)
+            out = os.path.join(args.out, f"dpo-{beta}-{steps}")
+            run = DPOTrainer(base, data, out, config, progress=False, log=lambda *_: None)
+            result = run.run()
+            with open(os.path.join(out, "train_log.jsonl")) as f:
+                last = [json.loads(line) for line in f][-1]
+            policy = plain(run.model).eval()
+            d, positive = margin(policy, held)
+            report["dpo"].append({"method": "lora", "beta": beta, "loss": "sigmoid", "steps": result["step"],
+                                  "seconds": result["seconds"], **answer_kinds(policy, tok, prompts, args.samples, seed=11),
+                                  "held_out_logp_margin": d, "held_out_logp_margin_positive": positive,
+                                  "eval_fraction_of_train_file": {k: v for k, v in last.items()
+                                                                  if k.startswith("eval_") or k == "val"}})
+            print("dpo", report["dpo"][-1], flush=True)
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     with open(args.results, "w") as f:
         json.dump(report, f, indent=1)
