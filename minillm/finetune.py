@@ -263,7 +263,8 @@ class Finetuner:
             log_file.write(json.dumps({"step": self.step, **record}) + "\n")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('token_accuracy', record.get('accuracy', 0)):.3f}",
+                accuracy = record.get("token_accuracy", record.get("accuracy", record.get("rewards/accuracies", 0)))
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{accuracy:.3f}",
                                 tok_s=f"{record['tokens_per_s']:,.0f}")
             if self.step % c.eval_interval == 0 or self.step == c.max_iters:
                 losses = self._eval_and_save(log_file, float(np.mean(recent)))

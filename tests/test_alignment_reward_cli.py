@@ -124,7 +124,7 @@ def test_best_of_n_prints_the_highest_scoring_sample(run_files, capsys):
     best, ranked = best_of_n(policy, rm, prompt, 8, max_new_tokens=4, stop_tokens=[tok.encode("\n")[0]], seed=3)
     alone = [rm.score(*scored_rows(prompt, [reply], [0 if len(reply) < 4 else None]))[0] for _, reply in ranked]
     np.testing.assert_allclose([r for r, _ in ranked], alone, rtol=1e-5, atol=1e-6)
-    assert best == ranked[0][1] and ranked[0][0] == max(alone) and len({tuple(r) for _, r in ranked}) > 1
+    assert best == ranked[0][1] and alone[0] >= max(alone) - 1e-5 and len({tuple(r) for _, r in ranked}) > 1
     capsys.readouterr()
     assert main(["generate", "--ckpt", str(run_files / "base"), "--prompt", "abc=", "--best-of", "8", "--reward-model",
                  str(run_files / "rm"), "--stop", "\n", "--max-new-tokens", "4", "--seed", "3", "--temperature", "1"]) == 0

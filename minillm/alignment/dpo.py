@@ -79,7 +79,7 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1,
 
 def dpo_figures(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
     """trl's logged figures of a batch (see the module docstring)."""
-    pc, pr = np.asarray(getattr(policy_chosen, "data", policy_chosen)), np.asarray(getattr(policy_rejected, "data", policy_rejected))
+    pc, pr = (np.asarray(getattr(x, "data", x)) for x in (policy_chosen, policy_rejected))
     chosen, rejected = beta * (pc - ref_chosen), beta * (pr - ref_rejected)
     return {"rewards/chosen": mean(chosen), "rewards/rejected": mean(rejected), "rewards/margins": mean(chosen - rejected),
             "rewards/accuracies": mean(chosen > rejected), "logps/chosen": mean(pc), "logps/rejected": mean(pr)}

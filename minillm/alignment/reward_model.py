@@ -120,7 +120,8 @@ def pair_rewards(model, batch):
 
 def reward_accuracy(r_chosen, r_rejected):
     """The fraction of pairs with r_chosen > r_rejected."""
-    return float(np.mean(np.asarray(getattr(r_chosen, "data", r_chosen)) > np.asarray(getattr(r_rejected, "data", r_rejected))))
+    chosen, rejected = (np.asarray(getattr(r, "data", r)) for r in (r_chosen, r_rejected))
+    return float(np.mean(chosen > rejected))
 
 
 # ---- saving and loading
