@@ -74,7 +74,7 @@ def cmd_generate(args):
     if (args.best_of is None) != (args.reward_model is None):
         raise UsageError("--best-of N and --reward-model DIR go together")
     if args.best_of:
-        from .alignment.best_of_n import cmd_best_of
+        from .pretrained_cli import cmd_best_of
         return cmd_best_of(args)
     if args.model:
         from .pretrained_cli import generate_pretrained

@@ -60,10 +60,12 @@ def cmd_finetune(args):
         weight_decay=args.weight_decay, pack=args.pack, seed=args.seed)
     Runner = Finetuner
     if args.method in PREFERENCE:
-        from .alignment.train import PreferenceConfig, trainer_for
+        from .alignment.dpo import DPOTrainer
+        from .alignment.reward_train import RewardTrainer
+        from .alignment.train import PreferenceConfig
         config = PreferenceConfig(**fields, objective=args.method, beta=args.beta or 0.1, loss_type=args.loss or "sigmoid",
                                   label_smoothing=args.label_smoothing or 0.0, margin=args.margin or 0.0)
-        Runner = trainer_for(args.method)
+        Runner = RewardTrainer if args.method == "reward" else DPOTrainer
     else:
         config = FinetuneConfig(**fields)
     out = args.out

@@ -100,11 +100,3 @@ class PreferenceTrainer(Finetuner):
 def mean(values):
     return float(np.mean(np.asarray(getattr(values, "data", values), dtype=np.float64)))
 
-
-def trainer_for(objective):
-    """The trainer class of an objective."""
-    if objective == "reward":
-        from .reward_train import RewardTrainer
-        return RewardTrainer
-    from .dpo import DPOTrainer
-    return DPOTrainer
