@@ -100,6 +100,10 @@ class Finetuner:
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
             run = saved["state"]["train_config"]
+            kinds = [run.get("objective") or "SFT", getattr(config, "objective", None) or "SFT"]   # saved, asked
+            if kinds[0] != kinds[1]:
+                raise ckpt.CheckpointError(f"--resume: the run in {out_dir!r} is a {kinds[0]} run, not {kinds[1]}; "
+                                           "resume it with the --method it was started with")
             source, config = run.get("source", source), type(config).from_dict({**run, "max_iters": config.max_iters})
         if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
             source = os.path.abspath(source)              # the manifest and --resume find it from anywhere

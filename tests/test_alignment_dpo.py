@@ -161,3 +161,48 @@ def test_bad_dpo_flags_are_one_line_and_nothing_is_written(run_files, capsys, ex
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not os.path.exists(run_files / "dpo")
+
+
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_generation_of_a_lora_policy_sees_its_adapters(layout):
+    """DecoderLM.infer (generate's path) equals forward on a LoRA model, on every targeted projection."""
+    from minillm.generate import generate
+    tok = tasks.task_tokenizer()
+    gpt2 = dict(norm="layernorm", activation="gelu", positions="learned", bias=True)
+    config = ModelConfig(vocab_size=tok.vocab_size, **{**tasks.MODEL, **(gpt2 if layout == "gpt2" else {})})
+    model = DecoderLM(config, rng=np.random.default_rng(0))
+    apply_lora(model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False),
+               rng=np.random.default_rng(1))
+    ids = np.array([tok.encode("abc=cba"), tok.encode("fed=def")])
+    np.testing.assert_allclose(model.infer(ids), model.eval()(ids).data, rtol=1e-4, atol=1e-5)
+    prompt = tok.encode("abc=")
+    cached = generate(model, [prompt], 4, temperature=0.0)
+    merged = generate(merge_lora(model), [prompt], 4, temperature=0.0)
+    assert cached == merged
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_resumed_dpo_run_is_bit_exact(run_files, method):
+    config = PreferenceConfig(objective="dpo", method=method, lora_r=2, target_modules="all-linear", lr=1e-2,
+                              batch_size=4, max_iters=6, eval_interval=3, lora_dropout=0.1 if method == "lora" else 0.0)
+    paths = str(run_files / "base"), str(run_files / "prefs.jsonl")
+    DPOTrainer(*paths, str(run_files / "a"), config, progress=False).run()
+    interrupted = DPOTrainer(*paths, str(run_files / "b"), config, progress=False)
+    step = interrupted.train_step
+
+    def killed_after_the_checkpoint_of_step_3():
+        if interrupted.step == 4:
+            raise KeyboardInterrupt
+        return step()
+    interrupted.train_step = killed_after_the_checkpoint_of_step_3
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = DPOTrainer(*paths, str(run_files / "b"), config, resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.run()
+    a, b = (load_pretrained(str(run_files / d))[0].state_dict() for d in "ab")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    logs = [[json.loads(x) for x in (run_files / d / "train_log.jsonl").read_text().splitlines()] for d in "ab"]
+    strip = lambda log: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in log]
+    assert strip(logs[0]) == strip(logs[1])

@@ -98,6 +98,16 @@ def test_bad_reward_flags_are_one_line_and_nothing_is_written(run_files, capsys,
     assert not os.path.exists(run_files / "rm")
 
 
+def test_a_run_resumes_only_as_what_it_is(run_files, capsys):
+    assert main(reward_args(run_files)) == 0
+    dpo = [a if a != "reward" else "dpo" for a in reward_args(run_files)]
+    sft = [a if a != "reward" else "lora" for a in reward_args(run_files)]
+    for args, kind in ((dpo, "dpo"), (sft, "SFT")):
+        capsys.readouterr()
+        assert main(args + ["--resume", "--max-iters", "6"]) == 2
+        assert f"is a reward run, not {kind}" in capsys.readouterr().err
+
+
 def test_full_and_margin_are_refused_for_sft_and_dpo(run_files, capsys):
     sft = ["finetune", "--model", str(run_files / "base"), "--data", str(run_files / "prefs.jsonl"), "--out",
            str(run_files / "x"), "--no-progress"]
