@@ -101,7 +101,8 @@ class RewardModel(Module):
 
     def score(self, ids, key_padding_mask):
         """(B,) float64 array of rewards: no tape, in eval mode (the model's mode is restored). For rollouts
-        and best-of-n; rows may be left- or right-padded (the last True of each mask row is scored)."""
+        and best-of-n. Rows are right-padded, as training saw them; the last True of each mask row is read,
+        so a left-padded row gets the same reward only from a RoPE model (its positions start at the pads)."""
         was_training = self.training
         self.eval()
         try:
