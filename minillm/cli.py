@@ -72,6 +72,11 @@ def cmd_generate(args):
     from .generate import generate
     if bool(args.ckpt) == bool(args.model):
         raise UsageError("generate: give exactly one of --ckpt DIR and --model SOURCE")
+    if (args.best_of is None) != (args.reward_model is None):
+        raise UsageError("--best-of N and --reward-model DIR go together")
+    if args.best_of:
+        from .pretrained_cli import cmd_best_of
+        return cmd_best_of(args)
     if args.model:
         from .pretrained_cli import generate_pretrained
         return generate_pretrained(args)
@@ -213,6 +218,9 @@ def build_parser():
     p.add_argument("--seed", type=seed_int)
     p.add_argument("--stop", help="stop when this token is generated")
     p.add_argument("--num-samples", type=positive_int, default=1)
+    p.add_argument("--best-of", type=positive_int, help="sample N replies and print the one --reward-model scores "
+                   "highest (docs/alignment.md)")
+    p.add_argument("--reward-model", help="with --best-of: a reward model directory (minillm finetune --method reward)")
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slow; for checking)")
     p.add_argument("--no-stream", action="store_true")
     p.add_argument("--sinks", help="N,W: attention sinks (StreamingLLM): keep the first N tokens and the last W, so "

@@ -1,5 +1,7 @@
 """`minillm finetune`: supervised fine-tuning (full, LoRA, QLoRA) of a pretrained model or a minillm
-checkpoint on a JSONL file of chats or prompt/completion pairs (minillm/finetune.py, sft_data.py).
+checkpoint on a JSONL file of chats or prompt/completion pairs (minillm/finetune.py, sft_data.py);
+with --method reward or dpo, a reward model or DPO on preference pairs (LoRA, or every weight with
+--full; minillm/alignment/, docs/alignment.md).
 
 The data are read and checked before --out is touched: a bad record stops the run with one line
 naming the file and line (exit 2), and nothing is written. --out follows `minillm train`'s rules: a
@@ -10,8 +12,28 @@ checks the flags, reads the data first and alone writes.
 import os
 import sys
 
-from .config import (UsageError, dropout_rate, existing_file, nonnegative_float, open_fraction, output_directory,
-                     positive_float, positive_int, seed_int, thread_count)
+from .config import (UsageError, dropout_rate, existing_file, nonnegative_float, number, open_fraction,
+                     output_directory, positive_float, positive_int, seed_int, thread_count)
+
+PREFERENCE = ("reward", "dpo")
+label_smoothing = number(0.0, 0.5, high_open=True, name="label_smoothing")      # [0, 0.5)
+
+
+def _check_preference_flags(args):
+    """The flags that go with --method reward / dpo only, or not with them."""
+    alone = {"--full": args.full, "--beta": args.beta is not None, "--loss": args.loss is not None,
+             "--label-smoothing": args.label_smoothing is not None, "--margin": args.margin is not None}
+    owner = {"--full": PREFERENCE, "--beta": ("dpo",), "--loss": ("dpo",), "--label-smoothing": ("dpo",),
+             "--margin": ("reward",)}
+    for flag, given in alone.items():
+        if given and args.method not in owner[flag]:
+            raise UsageError(f"{flag} goes with --method {' or '.join(owner[flag])}")
+    if args.method in PREFERENCE and args.pack:
+        raise UsageError(f"--pack is for SFT examples; --method {args.method} trains on pairs of rows")
+    if args.method == "reward" and args.merge:
+        raise UsageError("--merge: a reward model is always saved with its adapters merged (reward_model/)")
+    if args.label_smoothing and (args.loss or "sigmoid") != "sigmoid":
+        raise UsageError("--label-smoothing goes with --loss sigmoid")
 
 
 def cmd_finetune(args):
@@ -41,13 +63,21 @@ def _finetune_config(args):
             raise UsageError(f"--target-modules: {name.strip()!r} is not one of {', '.join(KNOWN)}")
     if args.method != "qlora" and args.scheme:
         raise UsageError("--scheme is the frozen base's quantization: it goes with --method qlora")
-    config = FinetuneConfig(
-        method=args.method, lora_r=args.lora_r, lora_alpha=args.lora_alpha if args.lora_alpha else 2.0 * args.lora_r,
+    _check_preference_flags(args)
+    method = ("full" if args.full else "lora") if args.method in PREFERENCE else args.method
+    fields = dict(
+        method=method, lora_r=args.lora_r, lora_alpha=args.lora_alpha if args.lora_alpha else 2.0 * args.lora_r,
         lora_dropout=args.lora_dropout, target_modules=args.target_modules, use_rslora=args.rslora,
-        scheme=args.scheme or "nf4", lr=args.lr or (2e-5 if args.method == "full" else 2e-4),
+        scheme=args.scheme or "nf4", lr=args.lr or (2e-5 if method == "full" else 2e-4),
         warmup_iters=args.warmup_iters, max_iters=args.max_iters, batch_size=args.batch_size,
         eval_interval=args.eval_interval or args.max_iters, eval_fraction=args.eval_fraction,
         weight_decay=args.weight_decay, pack=args.pack, seed=args.seed)
+    if args.method in PREFERENCE:
+        from .alignment.train import PreferenceConfig
+        config = PreferenceConfig(**fields, objective=args.method, beta=args.beta or 0.1, loss_type=args.loss or "sigmoid",
+                                  label_smoothing=args.label_smoothing or 0.0, margin=args.margin or 0.0)
+    else:
+        config = FinetuneConfig(**fields)
     out = args.out
     if os.path.isdir(out) and ckpt.has_checkpoint(out) and not (args.resume or args.overwrite):
         raise UsageError(f"{out!r} already holds a checkpoint: pass --resume to continue it, --overwrite to "
@@ -55,6 +85,18 @@ def _finetune_config(args):
     if args.resume and not ckpt.has_checkpoint(out):
         raise UsageError(f"--resume: no checkpoint in {out!r}")
     return config
+
+
+def _runner(method):
+    """The trainer class of a --method: Finetuner (SFT), or minillm/alignment's for preference pairs."""
+    if method == "reward":
+        from .alignment.reward_train import RewardTrainer
+        return RewardTrainer
+    if method == "dpo":
+        from .alignment.dpo import DPOTrainer
+        return DPOTrainer
+    from .finetune import Finetuner
+    return Finetuner
 
 
 def _claim_out(args, out):
@@ -70,21 +112,26 @@ def _finetune(args, comm):
     before --out is touched; its errors are one line, exit 2); then the other ranks build theirs
     and every rank trains. Under MPI only rank 0 prints and writes."""
     from . import distributed
-    from .finetune import Finetuner
     from .train import TrainingDiverged
     root, out = comm.rank == 0, args.out
+    if comm.size > 1 and args.method in PREFERENCE:
+        raise UsageError(f"--method {args.method} runs in one process: data-parallel preference training is not "
+                         "built yet (run it without mpiexec)")
     config = comm.run_on_root(lambda: _finetune_config(args))
     parallel = distributed.ParallelConfig(zero=args.zero, bucket_mb=args.bucket_mb, overlap=not args.no_overlap)
+    Runner = _runner(args.method)
 
     def build():
-        return Finetuner(args.model, args.data, out, config, resume=args.resume, progress=not args.no_progress,
-                         merge=args.merge, comm=comm, parallel=parallel)
+        return Runner(args.model, args.data, out, config, resume=args.resume, progress=not args.no_progress,
+                      merge=args.merge, comm=comm, parallel=parallel)
     run = comm.root_first(build if root else lambda: distributed.stop_all_on_error(comm, build))
     comm.run_on_root(lambda: _claim_out(args, out))
     if root:
         trainable = sum(p.size for _, p in run.optimizer.named_parameters())
-        print(f"finetune {run.config.method}: {run.model.num_parameters():,} parameters, {trainable:,} trained; "
-              f"{len(run.train_examples)} train / {len(run.eval_examples)} eval examples")
+        what = "pairs" if args.method in PREFERENCE else "examples"
+        label = f"{args.method} ({config.method})" if args.method in PREFERENCE else config.method
+        print(f"finetune {label}: {run.model.num_parameters():,} parameters, {trainable:,} trained; "
+              f"{len(run.train_examples)} train / {len(run.eval_examples)} eval {what}")
         if comm.size > 1:
             rows = min(run.config.batch_size, len(run.rows if run.config.pack else run.train_examples))
             print(f"data parallel: {comm.size} ranks share each batch of {rows} "
@@ -98,8 +145,10 @@ def _finetune(args, comm):
         return 1 if root else 0
     if not root:
         return 0
+    use = (f"minillm generate --best-of N --reward-model {out}" if args.method == "reward" else
+           f"minillm chat --model {out}")
     print(f"done: step {result['step']} in {result['seconds']:.1f} s, peak memory {result['peak_memory_mib']:.0f} MiB; "
-          f"load it with: minillm chat --model {out}")
+          f"use it with: {use}")
     if comm.size > 1:
         print(f"rank 0 of {comm.size}: optimizer state {result['optimizer_state_mib']:.3f} MiB")
     if args.plot:
@@ -110,13 +159,21 @@ def _finetune(args, comm):
 
 def add_parser(sub):
     p = sub.add_parser("finetune", help="supervised fine-tuning (full, LoRA or QLoRA) on a JSONL file of chats "
-                                        "or prompt/completion records")
+                                        "or prompt/completion records; a reward model or DPO on preference pairs")
     p.add_argument("--model", required=True, help="the base: a known name, an HF directory, a .gguf file or a "
                                                   "minillm checkpoint")
     p.add_argument("--data", required=True, type=existing_file, help="JSONL: {\"messages\": [...]} or "
-                                                                     "{\"prompt\": ..., \"completion\": ...} per line")
+                                                                     "{\"prompt\": ..., \"completion\": ...} per line "
+                                                                     "(reward, dpo: {\"prompt\", \"chosen\", "
+                                                                     "\"rejected\"})")
     p.add_argument("--out", required=True, type=output_directory, help="run directory (checkpoints, log, adapter/)")
-    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+    p.add_argument("--method", choices=["full", "lora", "qlora", "reward", "dpo"], default="lora",
+                   help="SFT: full, lora or qlora; on preference pairs: reward (a reward model) or dpo")
+    p.add_argument("--full", action="store_true", help="reward, dpo: train every weight (default: LoRA adapters)")
+    p.add_argument("--beta", type=positive_float, help="dpo: the pull towards the reference (default 0.1)")
+    p.add_argument("--loss", choices=["sigmoid", "ipo", "hinge"], help="dpo: the loss (default sigmoid)")
+    p.add_argument("--label-smoothing", type=label_smoothing, help="dpo sigmoid: share of flipped labels, [0, 0.5)")
+    p.add_argument("--margin", type=nonnegative_float, help="reward: r_chosen must beat r_rejected by this (default 0)")
     p.add_argument("--lora-r", type=positive_int, default=8, help="adapter rank (default %(default)s)")
     p.add_argument("--lora-alpha", type=positive_float, help="adapter scale numerator (default 2 r)")
     p.add_argument("--lora-dropout", type=dropout_rate, default=0.0)

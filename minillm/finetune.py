@@ -96,13 +96,15 @@ class FinetuneConfig:
 
 
 class _AdapterView:
-    """What save_checkpoint needs of a model, holding only the adapters (a LoRA run's checkpoint)."""
+    """What save_checkpoint needs of a model, holding only the adapters (a LoRA run's checkpoint; state:
+    what is trained, adapter_state_dict by default)."""
 
-    def __init__(self, model):
+    def __init__(self, model, state=None):
         self.config, self.quantization, self._model = model.config, None, model
+        self._state = state or (lambda: adapter_state_dict(model))
 
     def state_dict(self):
-        return adapter_state_dict(self._model)
+        return self._state()
 
 
 class Finetuner:
@@ -119,13 +121,17 @@ class Finetuner:
         saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
         if saved:
             run = saved["state"]["train_config"]
-            source, config = run.get("source", source), FinetuneConfig.from_dict({**run, "max_iters": config.max_iters})
+            kinds = [run.get("objective") or "SFT", getattr(config, "objective", None) or "SFT"]   # saved, asked
+            if kinds[0] != kinds[1]:
+                raise ckpt.CheckpointError(f"--resume: the run in {out_dir!r} is a {kinds[0]} run, not {kinds[1]}; "
+                                           "resume it with the --method it was started with")
+            source, config = run.get("source", source), type(config).from_dict({**run, "max_iters": config.max_iters})
         if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
             source = os.path.abspath(source)              # the manifest and --resume find it from anywhere
         self.source, self.data_path, self.config = source, data_path, config
         self.model, self.tokenizer = load_base(source, config.method, config.scheme)
         c = self.config
-        examples = load_examples(data_path, self.tokenizer, self.model.config.block_size)   # before any write
+        examples = self.load_data(data_path)                                    # before any write
         self.train_examples, self.eval_examples = split_examples(examples, c.eval_fraction, c.seed)
         self.rows = pack_rows(self.train_examples, self.model.config.block_size) if c.pack else None
         rows = min(c.batch_size, len(self.rows if c.pack else self.train_examples))
@@ -134,6 +140,7 @@ class Finetuner:
                              f"by {self.comm.size} ranks; raise --batch-size (or give more data), or use fewer ranks")
         if c.method != "full":
             apply_lora(self.model, c.lora(), rng=np.random.default_rng([c.seed, 3]))
+        self.model = self.wrap_model(self.model)
         self.model.train()
         self.dp = DataParallel(self.model, AdamW(param_groups(self.model, c.weight_decay), c.lr), self.comm, parallel)
         self.optimizer = self.dp.optimizer                      # ZeroAdamW when the moments are sharded
@@ -148,7 +155,7 @@ class Finetuner:
             ckpt.load_weights(self.model, saved)
         else:
             params = dict(self.model.named_parameters())
-            if set(arrays) != set(adapter_state_dict(self.model)):
+            if set(arrays) != set(self.trained_state()):
                 raise ckpt.CheckpointError(f"checkpoint {saved['directory']!r}: its adapters do not match the run's config")
             for name, array in arrays.items():
                 params[name].data = np.array(array, dtype=params[name].dtype)
@@ -157,6 +164,25 @@ class Finetuner:
         self.step = self.resumed_at = state["step"]
         self.best_val = state.get("best_val") if state.get("best_val") is not None else math.inf
         self.data_rng.bit_generator.state = state["rng"]["data"]
+
+    # ---- what a subclass (minillm/alignment: reward models, DPO) changes
+
+    def load_data(self, path):
+        """The checked examples of the data file."""
+        return load_examples(path, self.tokenizer, self.model.config.block_size)
+
+    def wrap_model(self, model):
+        """The model to train, made from the (adapted) base."""
+        return model
+
+    def trained_state(self):
+        """{name: array} a LoRA run's checkpoint holds."""
+        return adapter_state_dict(self.model)
+
+    def summary(self, losses):
+        """The eval line's figures."""
+        return (f", val loss {losses['val']:.4f}, val token accuracy {losses['val_token_accuracy']:.3f}"
+                if "val" in losses else "")
 
     # ---- one step
 
@@ -231,7 +257,7 @@ class Finetuner:
         state = {"step": self.step, "train_config": {**asdict(self.config), "source": self.source},
                  "best_val": self.best_val if math.isfinite(self.best_val) else None, "losses": losses,
                  "rng": {"data": self.data_rng.bit_generator.state}}
-        model = self.model if self.config.method == "full" else _AdapterView(self.model)
+        model = self.model if self.config.method == "full" else _AdapterView(self.model, self.trained_state)
         optimizer = self.dp.optimizer_to_save(self.step)        # collective: replica check, ZeRO gather
         if self.comm.rank == 0:
             ckpt.save_checkpoint(self.out_dir, model, self.tokenizer, optimizer, state)
@@ -274,9 +300,7 @@ class Finetuner:
         self.save(losses)
         log_file.write(json.dumps({"step": self.step, "eval": True, **losses}) + "\n")
         log_file.flush()
-        self.log(f"step {self.step}: train loss {train_loss:.4f}" +
-                 (f", val loss {losses['val']:.4f}, val token accuracy {losses['val_token_accuracy']:.3f}"
-                  if "val" in losses else ""))
+        self.log(f"step {self.step}: train loss {train_loss:.4f}" + self.summary(losses))
         return losses
 
     def _run(self, log_file):
@@ -291,7 +315,8 @@ class Finetuner:
             log_file.write(json.dumps({"step": self.step, **record}) + "\n")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['token_accuracy']:.3f}",
+                accuracy = record.get("token_accuracy", record.get("accuracy", record.get("rewards/accuracies", 0)))
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{accuracy:.3f}",
                                 tok_s=f"{record['tokens_per_s']:,.0f}")
             if self.step % c.eval_interval == 0 or self.step == c.max_iters:
                 losses = self._eval_and_save(log_file, float(np.mean(recent)))

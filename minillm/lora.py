@@ -15,12 +15,12 @@ import numpy as np
 from .io.errors import FormatError
 from .io.hf import family
 from .io.peft import read_adapter, write_adapter
-from .nn.lora import (LoraConfig, adapter_shapes, adapter_state_dict, apply_lora, lora_layers, merge_lora, set_adapter_rng,
-                      trainable_parameters)
+from .nn.lora import (LoraConfig, adapter_shapes, adapter_state_dict, adapters_disabled, apply_lora, lora_layers,
+                      merge_lora, set_adapter_rng, trainable_parameters)
 from .nn.lora_config import KNOWN
 
 __all__ = ["LoraConfig", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "adapter_state_dict",
-           "trainable_parameters", "lora_layers", "set_adapter_rng", "config_from_peft"]
+           "trainable_parameters", "lora_layers", "set_adapter_rng", "config_from_peft", "adapters_disabled"]
 
 
 def save_adapter(model, directory, base=None):

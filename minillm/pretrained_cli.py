@@ -83,6 +83,40 @@ def generate_pretrained(args):
     return 0
 
 
+def cmd_best_of(args):
+    """`minillm generate --best-of N --reward-model DIR`: print the highest-scoring of N samples."""
+    from .alignment.best_of_n import best_of_n
+    from .alignment.reward_model import load_reward_model
+    from .pretrained import load_pretrained
+    if args.sinks or args.num_beams != 1 or args.num_samples != 1:
+        raise UsageError("--best-of samples N replies and prints one: it does not go with --sinks, --num-beams "
+                         "or --num-samples")
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    reward_model, rm_tokenizer = load_reward_model(args.reward_model)
+    model, tokenizer = load_pretrained(args.ckpt or args.model)
+    if getattr(model.config, "family", "decoder") != "decoder":
+        raise UsageError("--best-of samples from a decoder model")
+    if tokenizer is None or rm_tokenizer.fingerprint() != tokenizer.fingerprint():
+        raise UsageError(f"--reward-model {args.reward_model}: its tokenizer is not the model's, so it cannot "
+                         "score the model's replies")
+    ids = encode_prompt(tokenizer, args.prompt)
+    if not ids:
+        raise UsageError("--prompt is empty")
+    if len(ids) >= min(model.config.block_size, reward_model.config.block_size):
+        raise UsageError(f"the prompt is {len(ids)} tokens, too long for the contexts of the model and the reward model")
+    stops = [t for t in [getattr(tokenizer, "eos_token_id", None)] if t is not None]
+    if args.stop:
+        stops = [int(t) for t in tokenizer.encode_ordinary(args.stop)[:1]] + stops
+    best, ranked = best_of_n(model, reward_model, ids, args.best_of, args.max_new_tokens, stops, seed=args.seed,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    print(args.prompt + tokenizer.decode(best))
+    print(f"(best of {args.best_of}: reward {ranked[0][0]:.4f}; the others {', '.join(f'{r:.4f}' for r, _ in ranked[1:])})",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_chat(args):
     from .chat import ChatSession
     model, tokenizer = _load(args.model, threads=args.threads)

@@ -25,11 +25,13 @@ with the shared A, which is exactly peft's update of the fused matrix. The LoRA-
 base's parameter names (blocks.0.attn.wq.weight), and the adapters add theirs
 (blocks.0.attn.wq.adapter.lora_A, blocks.0.ffn.gate_adapter.lora_B, blocks.0.attn.c_attn_adapter.lora_A).
 """
+import contextlib
 import math
 
 import numpy as np
 
 from .. import functional as F
+from ..autograd import no_grad
 from .layers import Linear, SwiGLU
 from .lora_config import KNOWN, LoraConfig, _layouts, resolve_targets  # noqa: F401 (public here too)
 from .module import Module, Parameter
@@ -94,6 +96,7 @@ class LoraLinear(Module):
     """A Linear or QuantizedLinear with a LoRA adapter. It keeps the base's weight and bias under
     their names; `adapter` is its own LoraAdapter, or `shared` = (adapter, rows) for one third of
     GPT-2's fused c_attn, whose adapter the attention layer owns."""
+    disabled = False                               # adapters_disabled(): run as the base layer
 
     def __init__(self, base, adapter=None, shared=None):
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -107,9 +110,14 @@ class LoraLinear(Module):
         return (self.adapter, None) if self._shared is None else self._shared
 
     def forward(self, x):
-        if self.merged:
+        if self.merged or self.disabled:
             return project(x, self.weight, self.bias, None)
         return project(x, self.weight, self.bias, *self.lora())
+
+    def infer(self, x):
+        """forward on arrays without the tape (DecoderLM.infer, generation): the adapter's update included."""
+        with no_grad():
+            return self.forward(x).data
 
     def merge(self):
         """W += s B A; forward then runs the plain layer (exact to float rounding; unmerge undoes it)."""
@@ -143,6 +151,7 @@ class LoraSwiGLU(Module):
     names; the adapters are gate_adapter, up_adapter, down_adapter (None where not targeted)."""
 
     PARTS = (("w_gate", "gate_adapter"), ("w_up", "up_adapter"), ("w_down", "down_adapter"))
+    disabled = False
 
     def __init__(self, base, adapters):
         self.w_gate, self.w_up, self.w_down = base.w_gate, base.w_up, base.w_down
@@ -152,10 +161,15 @@ class LoraSwiGLU(Module):
         self.merged = False
 
     def forward(self, x):
-        adapter = (lambda a: None) if self.merged else (lambda a: a)
+        adapter = (lambda a: None) if self.merged or self.disabled else (lambda a: a)
         h = F.silu(project(x, self.w_gate, None, adapter(self.gate_adapter))) * \
             project(x, self.w_up, None, adapter(self.up_adapter))
         return project(h, self.w_down, None, adapter(self.down_adapter))
+
+    def infer(self, x):
+        """forward on arrays without the tape (DecoderLM.infer, generation): the adapters' updates included."""
+        with no_grad():
+            return self.forward(x).data
 
     def merge(self):
         if not self.merged:
@@ -305,6 +319,24 @@ def merge_lora(model):
         p.requires_grad = True
     model.lora_config = None
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Within this block model runs as its base: every LoRA layer skips its adapter (nothing is copied,
+    nothing changed). DPO's reference model is the policy so (no second copy in memory)."""
+    layers = [layer for _, layer in lora_layers(model)]
+    if not layers:
+        raise ValueError("adapters_disabled: the model has no LoRA adapters (apply_lora first)")
+    if any(layer.merged for layer in layers):
+        raise ValueError("adapters_disabled: the adapters are merged into the weights; unmerge them first")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def set_adapter_rng(model, rng):
