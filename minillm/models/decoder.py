@@ -233,10 +233,6 @@ class DecoderLM(nn.Module):
         the positions along T to give logits for, (B, len(logit_rows), V) (the serving engine packs
         several sequences in one row and samples after the last token of each).
         """
-        if getattr(self, "lora_config", None) is not None:         # infer runs the plain weights only
-            raise ValueError("DecoderLM.infer: the model holds LoRA adapters, which the inference path does not run "
-                             "(it would give the base's output); fold them in first with minillm.lora.merge_lora("
-                             "model), or call the model (forward), which runs them")
         ids, positions = self._check_inputs(ids, positions, caches)
         x = self.wte.infer(ids)                                    # (B, T, C)
         if self.wpe is not None:
