@@ -10,6 +10,8 @@ them (ours or peft's) onto the same base, merge them in.
 
 The layers are minillm/nn/lora.py (the formulas), the file layout minillm/io/peft.py.
 """
+from contextlib import contextmanager
+
 import numpy as np
 
 from .io.errors import FormatError
@@ -20,7 +22,7 @@ from .nn.lora import (LoraConfig, adapter_shapes, adapter_state_dict, apply_lora
 from .nn.lora_config import KNOWN
 
 __all__ = ["LoraConfig", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "adapter_state_dict",
-           "trainable_parameters", "lora_layers", "set_adapter_rng", "config_from_peft"]
+           "trainable_parameters", "lora_layers", "set_adapter_rng", "config_from_peft", "disabled_adapters"]
 
 
 def save_adapter(model, directory, base=None):
@@ -73,3 +75,17 @@ def load_adapter(model, directory):
     for name, array in arrays.items():
         params[name].data = np.array(array, dtype=params[name].dtype)
     return model
+
+
+@contextmanager
+def disabled_adapters(model):
+    """Within the block, model runs as its base: every unmerged LoRA layer skips its adapter (the flag
+    `merged` makes forward and infer run the plain weights; nothing is folded, so nothing changes)."""
+    layers = [layer for _, layer in lora_layers(model) if not layer.merged]
+    for layer in layers:
+        layer.merged = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.merged = False

@@ -112,7 +112,10 @@ class Attention(Module):
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         projections = (self.wq, self.wk, self.wv)
         biases = None if self.wq.bias is None else [m.bias for m in projections]
-        qkv = self.qkv(x, [m.weight for m in projections], biases)              # (B, T, (H + 2 Hkv) D)
+        if any(getattr(m, "adapter_active", False) for m in projections):      # LoRA: each its own infer
+            qkv = np.concatenate([m.infer(x) for m in projections], axis=-1)
+        else:
+            qkv = self.qkv(x, [m.weight for m in projections], biases)          # (B, T, (H + 2 Hkv) D)
         heads = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)        # (B, H + 2 Hkv, T, D)
         q, k, v = heads[:, :H], heads[:, H:H + Hkv], heads[:, H + Hkv:]
         if isinstance(cache, SinkKVCache):

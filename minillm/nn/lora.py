@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from .. import functional as F
+from ..autograd import no_grad
 from .layers import Linear, SwiGLU
 from .lora_config import KNOWN, LoraConfig, _layouts, resolve_targets  # noqa: F401 (public here too)
 from .module import Module, Parameter
@@ -111,6 +112,15 @@ class LoraLinear(Module):
             return project(x, self.weight, self.bias, None)
         return project(x, self.weight, self.bias, *self.lora())
 
+    @property
+    def adapter_active(self):
+        return not self.merged
+
+    def infer(self, x):
+        """forward on arrays, without the tape (what DecoderLM.infer and generate call)."""
+        with no_grad():
+            return self.forward(x).data
+
     def merge(self):
         """W += s B A; forward then runs the plain layer (exact to float rounding; unmerge undoes it)."""
         if not self.merged:
@@ -156,6 +166,10 @@ class LoraSwiGLU(Module):
         h = F.silu(project(x, self.w_gate, None, adapter(self.gate_adapter))) * \
             project(x, self.w_up, None, adapter(self.up_adapter))
         return project(h, self.w_down, None, adapter(self.down_adapter))
+
+    def infer(self, x):
+        with no_grad():
+            return self.forward(x).data
 
     def merge(self):
         if not self.merged:
