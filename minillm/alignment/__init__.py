@@ -1,7 +1,8 @@
 """Alignment after supervised fine-tuning: preferences, reward models, DPO, RLHF with PPO / GRPO and a
 Constitutional-AI loop. One concept per module:
 
-    logprobs.py       log-probabilities of chosen tokens under a model (the quantity every method compares)
+    logprobs.py         log-probabilities of chosen tokens under a model (the quantity every method compares)
+    preference_data.py  {"prompt", "chosen", "rejected"} JSONL records -> pairs of rows, batched
 
 The trainers build on minillm/finetune.py (LoRA / QLoRA, the data checks, checkpoints, the log).
 """
