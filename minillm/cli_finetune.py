@@ -13,10 +13,14 @@ from .config import (UsageError, dropout_rate, existing_file, nonnegative_float,
 
 def cmd_finetune(args):
     from . import checkpoint as ckpt
+    from .alignment.cli_rl import RL_METHODS, check_rl_flags, cmd_rl
     from .cli_train import _check_out
     from .files import DirectoryLock
     from .finetune import FinetuneConfig, Finetuner
     from .nn.lora_config import KNOWN
+    check_rl_flags(args)
+    if args.method in RL_METHODS:
+        return cmd_rl(args)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pass one")
     if args.threads:
@@ -63,9 +67,11 @@ def add_parser(sub):
     p.add_argument("--model", required=True, help="the base: a known name, an HF directory, a .gguf file or a "
                                                   "minillm checkpoint")
     p.add_argument("--data", required=True, type=existing_file, help="JSONL: {\"messages\": [...]} or "
-                                                                     "{\"prompt\": ..., \"completion\": ...} per line")
+                                                                     "{\"prompt\": ..., \"completion\": ...} per line "
+                                                                     "(ppo/grpo: {\"prompt\": ...} per line)")
     p.add_argument("--out", required=True, type=output_directory, help="run directory (checkpoints, log, adapter/)")
-    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+    p.add_argument("--method", choices=["full", "lora", "qlora", "ppo", "grpo"], default="lora",
+                   help="full / lora / qlora: supervised; ppo / grpo: RL against --reward-model (docs/rlhf.md)")
     p.add_argument("--lora-r", type=positive_int, default=8, help="adapter rank (default %(default)s)")
     p.add_argument("--lora-alpha", type=positive_float, help="adapter scale numerator (default 2 r)")
     p.add_argument("--lora-dropout", type=dropout_rate, default=0.0)
@@ -89,4 +95,6 @@ def add_parser(sub):
     p.add_argument("--plot", action="store_true", help="write loss.png (needs matplotlib)")
     p.add_argument("--threads", type=thread_count)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .alignment.cli_rl import add_rl_arguments
+    add_rl_arguments(p)
     p.set_defaults(run=cmd_finetune)

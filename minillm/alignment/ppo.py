@@ -34,6 +34,7 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..finetune import FinetuneConfig, Finetuner
+from ..io.hf import family
 from ..lora import apply_lora, disabled_adapters, set_adapter_rng
 from ..nn import Linear
 from ..optim import AdamW, clip_grad_norm, param_groups
@@ -129,6 +130,7 @@ class PPOTrainer(Finetuner):
             self.reference_model.eval()
         else:
             self.reference_model = None
+            family(self.model.config)             # adapter/ is written in peft's layout: refuse others up front
             apply_lora(self.model, c.lora(), rng=np.random.default_rng([c.seed, 3]))
         self.model.train()
         groups = param_groups(self.model, c.weight_decay)

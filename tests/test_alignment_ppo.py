@@ -1,0 +1,198 @@
+"""RLHF with PPO and GRPO: rollouts laid out and scored as a full forward of each (prompt, answer) says;
+LoRA layers in the inference path equal forward, and disabled_adapters gives the base; the per-token
+rewards; a tiny PPO run and a tiny GRPO run on the reverse-a-word task raise the rate of answers a
+program checker accepts; the policy starts at the reference (KL 0); CLI errors are one line, exit 2."""
+import json
+
+import numpy as np
+import pytest
+
+from minillm.alignment.ppo import PPOConfig, PPOTrainer
+from minillm.alignment.prompts import Prompt, load_prompts
+from minillm.alignment.rollout import Rollout, layout, make_rollout, policy_forward
+from minillm.alignment.tasks import rule_rate, satisfies, sft_starting_point, task_prompts, task_tokenizer
+from minillm.checkpoint import save_checkpoint
+from minillm.cli import main
+from minillm.generate import generate
+from minillm.lora import LoraConfig, apply_lora, disabled_adapters
+from minillm.models import DecoderLM, ModelConfig
+from minillm.nn import Linear
+from minillm.sft_data import SFTDataError
+
+LLAMA = dict(block_size=24, n_layer=2, n_head=2, n_embd=16, d_ff=32, norm="rmsnorm", activation="swiglu",
+             positions="rope", bias=False)
+
+
+def adapted(seed=0, targets=None, **overrides):
+    """A tiny model and the same model with LoRA adapters whose B is not zero (so they matter)."""
+    config = ModelConfig(vocab_size=13, **{**LLAMA, **overrides})
+    base, model = (DecoderLM(config, rng=np.random.default_rng(seed)) for _ in range(2))
+    apply_lora(model, LoraConfig(r=2, lora_alpha=4, target_modules=targets), rng=np.random.default_rng(1))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data = (np.random.default_rng(2).standard_normal(p.shape) * 0.5).astype(p.dtype)
+    return base, model
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("targets, gpt2", [(None, False), ("all-linear", False), ("all-linear", True)])
+def test_lora_layers_infer_as_forward_and_disabled_adapters_give_the_base(targets, gpt2):
+    overrides = dict(norm="layernorm", activation="gelu", positions="learned", bias=True) if gpt2 else {}
+    base, model = adapted(targets=targets, **overrides)
+    ids = np.random.default_rng(3).integers(0, 13, size=(2, 7))
+    np.testing.assert_allclose(model.infer(ids), model(ids).data, rtol=1e-5, atol=1e-5)
+    assert np.abs(model.infer(ids) - base.infer(ids)).max() > 1e-2            # the adapters change the output
+    with disabled_adapters(model):
+        np.testing.assert_array_equal(model(ids).data, base(ids).data)
+        np.testing.assert_array_equal(model.infer(ids), base.infer(ids))
+    np.testing.assert_allclose(model.infer(ids), model(ids).data, rtol=1e-5, atol=1e-5)   # back on afterwards
+
+
+def test_rollouts_equal_a_full_forward_of_each_answer():
+    base, model = adapted()
+    head = Linear(16, 1, init_std=0.5, rng=np.random.default_rng(4))
+    prompts = [Prompt("", "", ids, f"x:{i}") for i, ids in enumerate([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]])]
+    stop = (12,)
+
+    def reference(ids, targets):
+        return policy_forward(base, None, ids, targets, 0.7)[0].data
+
+    seen = []
+    rollout = make_rollout(model, head, reference, prompts, lambda ps, answers: seen.append(answers) or
+                           np.arange(len(ps), dtype=float), max_new_tokens=6, temperature=0.7, seed=5, stop=stop)
+    expected = generate(model, [p.ids for p in prompts], 6, temperature=0.7, seed=5)
+    assert seen == [rollout.answers]
+    for b, (p, answer) in enumerate(zip(prompts, rollout.answers)):
+        cut = next((i for i, t in enumerate(expected[b]) if t in stop), None)
+        assert answer == (expected[b] if cut is None else expected[b][:cut + 1])       # kept through the stop
+        full = np.array([p.ids + answer])
+        n, L = len(answer), len(p.ids)
+        assert rollout.mask[b].sum() == n and rollout.mask[b, L - 1:L - 1 + n].all()
+        np.testing.assert_array_equal(rollout.ids[b, :L + n], full[0])
+        for name, net in (("logp", model), ("ref_logp", base)):
+            lp = log_softmax(net(full).data[0].astype(np.float64) / 0.7)            # (T, V)
+            np.testing.assert_allclose(getattr(rollout, name)[b, L - 1:L - 1 + n], lp[np.arange(L - 1, L - 1 + n), answer],
+                                       rtol=1e-4, atol=1e-5)
+        values = head(model.hidden_states(full)).data[0, :, 0]
+        np.testing.assert_allclose(rollout.values[b, L - 1:L - 1 + n], values[L - 1:L - 1 + n], rtol=1e-4, atol=1e-5)
+    assert np.all(rollout.values[~rollout.mask] == 0) and np.all(rollout.logp[~rollout.mask] == 0)
+    np.testing.assert_array_equal(rollout.scores, [0, 1, 2])
+
+
+def test_rewards_put_the_kl_penalty_on_every_action_and_the_score_on_the_last():
+    ids, targets, mask = layout([[1, 2], [3]], [[4, 5, 6], [7]])
+    np.testing.assert_array_equal(mask, [[False, True, True, True, False], [True, False, False, False, False]])
+    np.testing.assert_array_equal(targets, [[-100, 4, 5, 6, -100], [7, -100, -100, -100, -100]])
+    np.testing.assert_array_equal(ids, [[1, 2, 4, 5, 6], [3, 7, 0, 0, 0]])
+    logp, ref = np.where(mask, -1.0, 0.0), np.where(mask, -1.5, 0.0)
+    rollout = Rollout(ids, targets, mask, logp, ref, np.zeros(ids.shape), np.array([2.0, -1.0]), [[4, 5, 6], [7]])
+    np.testing.assert_allclose(rollout.rewards(0.1), [[0, -0.05, -0.05, 1.95, 0], [-1.05, 0, 0, 0, 0]])
+    np.testing.assert_allclose(rollout.kl(), [1.5, 0.5])
+
+
+# ---- the task runs
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The reverse-a-word task's SFT starting point (a short, cruder one), saved, and a prompt file."""
+    d = tmp_path_factory.mktemp("task")
+    tok = task_tokenizer()
+    save_checkpoint(d / "base", sft_starting_point(tok, seed=0, steps=300), tok, state={"step": 0})
+    (d / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in task_prompts(100, seed=0)))
+    return d
+
+
+def rule_reward(prompts, answers):
+    return [float(satisfies(p.text, a)) for p, a in zip(prompts, answers)]
+
+
+def run_task(task, out, algorithm, steps, prompts=None, base="base", reward=rule_reward, **overrides):
+    config = PPOConfig(**{**dict(method="full", algorithm=algorithm, lr=3e-4 if algorithm == "ppo" else 1e-3,
+                                 max_iters=steps, eval_interval=steps, rollouts=32, group_size=4, max_new_tokens=5,
+                                 stop="\n", kl_coef=0.02, eval_fraction=0.0), **overrides})
+    run = PPOTrainer(str(task / base), str(prompts or task / "prompts.jsonl"), str(out), config, reward, progress=False,
+                     log=lambda *a: None)
+    run.run()
+    return run, [json.loads(line) for line in open(out / "train_log.jsonl")]
+
+
+@pytest.mark.parametrize("algorithm, steps", [("ppo", 40), ("grpo", 40)])
+def test_a_tiny_run_raises_the_rate_of_answers_the_checker_accepts(task, tmp_path, algorithm, steps):
+    tok, prompts = task_tokenizer(), task_prompts(60, seed=1)
+    from minillm.pretrained import load_pretrained
+    before = rule_rate(load_pretrained(str(task / "base"))[0], tok, prompts, samples=4, seed=0)
+    run, log = run_task(task, tmp_path / algorithm, algorithm, steps)
+    after = rule_rate(run.model.eval(), tok, prompts, samples=4, seed=0)
+    assert log[0]["kl"] == 0.0                                   # the policy starts as the reference
+    assert {"reward", "kl", "kl_coef", "policy_loss", "clip_fraction", "entropy"} <= set(log[0])
+    assert ("value_loss" in log[0]) == (algorithm == "ppo")
+    assert after > before + 0.15, (before, after)
+    assert np.mean([r["reward"] for r in log[-10:]]) > np.mean([r["reward"] for r in log[:10]]) + 0.1
+
+
+def test_a_lora_run_starts_at_the_base_and_writes_a_loadable_adapter(task, tmp_path):
+    tok = task_tokenizer()                           # a Llama-layout model (peft's adapter files need one)
+    model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, **{**LLAMA, "block_size": 16}), rng=np.random.default_rng(0))
+    save_checkpoint(tmp_path / "llama", model, tok, state={"step": 0})
+    with pytest.raises(ValueError, match="neither Llama"):                 # the task's model: refused up front
+        run_task(task, tmp_path / "refused", "ppo", 2, method="lora")
+    assert not (tmp_path / "refused").exists()
+    run, log = run_task(tmp_path, tmp_path / "lora", "ppo", 2, method="lora", lr=1e-2, rollouts=8,
+                        target_modules="all-linear", prompts=task / "prompts.jsonl", base="llama",
+                        reward=lambda prompts, answers: [a.count("a") for a in answers])     # the random model's
+    assert log[0]["kl"] == 0.0 and log[1]["kl"] != 0.0
+    from minillm.pretrained import load_pretrained
+    loaded, _ = load_pretrained(str(tmp_path / "lora"))
+    ids = np.array([task_tokenizer().encode("abc=")])
+    np.testing.assert_allclose(loaded.infer(ids), run.model.infer(ids), rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_kl_raises_beta_while_the_kl_passes_the_target(task, tmp_path):
+    _, log = run_task(task, tmp_path / "adaptive", "ppo", 4, lr=1e-3, rollouts=8, target_kl=1e-3, kl_horizon=100)
+    betas = [r["kl_coef"] for r in log]
+    assert betas[0] == 0.02 and all(b2 >= b1 for b1, b2 in zip(betas[1:], betas[2:])) and betas[-1] > 0.02
+
+
+# ---- data and CLI errors
+
+def test_prompt_files_are_checked_line_by_line(tmp_path):
+    tok = task_tokenizer()
+    path = tmp_path / "p.jsonl"
+    for line, message in [('{"prompt": "abc="}\n{"completion": "x"}', "p.jsonl:2: a record needs a non-empty"),
+                          ('{"prompt": "abc="}\nnot json', "p.jsonl:2: not valid JSON"),
+                          ('{"prompt": "abcabcabcabcabc="}', "p.jsonl:1: the prompt is 16 tokens"),
+                          ('{"messages": [{"role": "user", "content": "ab"}]}', "needs a chat template")]:
+        path.write_text(line + "\n")
+        with pytest.raises(SFTDataError, match=message):      # PromptDataError is one
+            load_prompts(str(path), tok, 16, 5)
+    path.write_text('{"prompt": "abc="}\n\n{"prompt": "fed="}\n')
+    assert [p.ids for p in load_prompts(str(path), tok, 16, 5)] == [tok.encode("abc="), tok.encode("fed=")]
+
+
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "abc="}\n{"prompt": 3}\n')
+    common = ["finetune", "--model", str(task / "base"), "--out", str(tmp_path / "out"), "--no-progress"]
+    rm = ["--reward-model", str(tmp_path)]
+    cases = [
+        (["--method", "ppo", "--data", str(task / "prompts.jsonl")], "--method ppo needs --reward-model DIR"),
+        (["--method", "grpo", "--data", str(task / "prompts.jsonl"), "--rollouts", "6", "--group-size", "4"] + rm,
+         "rollouts (6) must be a multiple of group_size (4)"),
+        (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--group-size", "4"] + rm, "--group-size is for"),
+        (["--method", "lora", "--data", str(task / "prompts.jsonl"), "--kl-coef", "0.1"], "--kl-coef is for --method"),
+        (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--gamma", "1.5"] + rm, "argument --gamma"),
+    ]
+    try:
+        import minillm.alignment.reward_model  # noqa: F401
+        cases.append((["--method", "ppo", "--data", str(bad)] + rm, "bad.jsonl:2: a record needs a non-empty"))
+    except ImportError:
+        pass
+    for extra, message in cases:
+        assert main(common + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()
