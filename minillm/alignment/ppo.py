@@ -6,7 +6,8 @@
 
 reward_fn(prompts, answers) -> (B,) scores: prompts are alignment.prompts.Prompt (p.text the user's
 words, p.rendered what the policy saw), answers the decoded replies (stop token dropped). It is a
-plain callable (a program check, or a reward model: reward_model_reward in this file).
+plain callable (a program check, or a reward model: reward_model_reward in this file, which is given
+the replies as sampled, stop token kept, since a reward model is trained on replies that end with one).
 
 Each step (one batch of `rollouts` answers):
   1. sample answers with the KV cache (rollout.py); under no tape, the old policy's log-probs and values
@@ -103,6 +104,7 @@ def reward_model_reward(reward_model, tokenizer):
             ids[b, :len(r)], mask[b, :len(r)] = r, True
         with no_grad():
             return np.asarray(reward_model.score(ids, mask), np.float64)
+    reward.scores_full_text = True            # answers as sampled, the stop token kept (its replies end with one)
     return reward
 
 
@@ -165,7 +167,10 @@ class PPOTrainer(Finetuner):
         picked = self.data_rng.choice(len(self.prompts), size=n_prompts, replace=n_prompts > len(self.prompts))
         repeat = c.group_size if c.algorithm == "grpo" else 1
         prompts = [self.prompts[i] for i in picked for _ in range(repeat)]     # a group's rows side by side
-        reward = lambda ps, answers: self.reward_fn(ps, [self._answer_text(a) for a in answers])   # noqa: E731
+        full = getattr(self.reward_fn, "scores_full_text", False)
+
+        def reward(ps, answers):
+            return self.reward_fn(ps, [self.tokenizer.decode(a) if full else self._answer_text(a) for a in answers])
         return make_rollout(self.model, self.value_head, self.reference_logprobs, prompts, reward, c.max_new_tokens,
                             c.temperature, c.top_k, None, seed=[c.seed, 5, self.step], stop=self.stop)
 

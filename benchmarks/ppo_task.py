@@ -1,0 +1,112 @@
+"""PPO and GRPO on the reverse-a-word task (minillm/alignment/tasks.py): the rate at which the policy's
+sampled answers satisfy the task's rule (the checker satisfies()), before and after, on held-out prompts.
+
+    python benchmarks/ppo_task.py [--steps 100] [--out benchmarks/results/ppo.json]
+
+Three runs from the same tiny SFT starting point (tasks.sft_starting_point, ~1/3 of its samples right),
+each `minillm finetune`'s own loop (PPOTrainer) on a prompt file it writes, full fine-tuning:
+  ppo-program   PPO, the reward the checker itself (1 if the answer is the reversal, else 0)
+  grpo-program  GRPO, the same reward
+  ppo-reward-model  PPO against a reward model (alignment/reward_model.py) trained here in-process with
+                the Bradley-Terry loss on tasks.preference_records: RLHF proper; the checker only measures
+Rates are counts (load-independent); the wall times are on whatever machine runs it.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from minillm.alignment import tasks  # noqa: E402
+from minillm.alignment.ppo import PPOConfig, PPOTrainer, reward_model_reward  # noqa: E402
+from minillm.alignment.preference_data import encode_pair, pair_batch  # noqa: E402
+from minillm.alignment.reward_model import (RewardModel, bradley_terry_loss, pair_rewards,  # noqa: E402
+                                            reward_accuracy)
+from minillm.checkpoint import save_checkpoint  # noqa: E402
+from minillm.models import DecoderLM, ModelConfig  # noqa: E402
+from minillm.optim import AdamW, param_groups  # noqa: E402
+
+
+def train_reward_model(tok, steps, seed=0, batch_size=32, lr=3e-3):
+    """A RewardModel on a fresh tiny decoder (tasks.MODEL), Bradley-Terry on preference_records."""
+    base = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, **tasks.MODEL), rng=np.random.default_rng([seed, 11]))
+    rm = RewardModel(base, rng=np.random.default_rng([seed, 12]))
+    pairs = [encode_pair(r, tok, "preference_records") for r in tasks.preference_records(2000, seed)]
+    optimizer, rng = AdamW(param_groups(rm, 0.0), lr), np.random.default_rng([seed, 13])
+    rm.train()
+    for _ in range(steps):
+        batch = pair_batch([pairs[i] for i in rng.choice(len(pairs), batch_size, replace=False)])
+        loss = bradley_terry_loss(*pair_rewards(rm, batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    held = pair_batch([encode_pair(r, tok, "heldout") for r in tasks.preference_records(200, seed + 1, "heldout")])
+    rm.eval()
+    return rm, reward_accuracy(*pair_rewards(rm, held))
+
+
+def rule_reward(prompts, answers):
+    return [float(tasks.satisfies(p.text, a)) for p, a in zip(prompts, answers)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--rollouts", type=int, default=32)
+    p.add_argument("--rm-steps", type=int, default=300)
+    p.add_argument("--eval-prompts", type=int, default=100)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ppo.json"))
+    args = p.parse_args()
+    tok = tasks.task_tokenizer()
+    work = tempfile.mkdtemp(prefix="ppo-task-")
+    t0 = time.perf_counter()
+    sft = tasks.sft_starting_point(tok, seed=0)
+    sft_seconds = time.perf_counter() - t0
+    save_checkpoint(os.path.join(work, "sft"), sft, tok, state={"step": 0})
+    prompt_file = os.path.join(work, "prompts.jsonl")
+    with open(prompt_file, "w") as f:
+        f.writelines(json.dumps({"prompt": q}) + "\n" for q in tasks.task_prompts(400, seed=0))
+    held = tasks.task_prompts(args.eval_prompts, seed=1, split="heldout")
+    rate = lambda model: tasks.rule_rate(model, tok, held, samples=args.samples, seed=0)   # noqa: E731
+    report = {"task": "reverse-a-word (minillm/alignment/tasks.py)", "eval": f"{args.eval_prompts} held-out prompts x "
+              f"{args.samples} samples at temperature 1", "sft_seconds": sft_seconds, "rule_rate_sft": rate(sft)}
+    print(f"SFT starting point: rule rate {report['rule_rate_sft']:.3f} ({sft_seconds:.1f} s)", flush=True)
+    t0 = time.perf_counter()
+    rm, rm_accuracy = train_reward_model(tok, args.rm_steps)
+    report["reward_model"] = {"steps": args.rm_steps, "heldout_pair_accuracy": rm_accuracy,
+                              "seconds": time.perf_counter() - t0}
+    print(f"reward model: held-out pair accuracy {rm_accuracy:.3f}", flush=True)
+    runs = {"ppo-program": ("ppo", 3e-4, rule_reward), "grpo-program": ("grpo", 1e-3, rule_reward),
+            "ppo-reward-model": ("ppo", 3e-4, reward_model_reward(rm, tok))}
+    for name, (algorithm, lr, reward) in runs.items():
+        config = PPOConfig(method="full", algorithm=algorithm, lr=lr, max_iters=args.steps, eval_interval=args.steps,
+                           rollouts=args.rollouts, group_size=4, max_new_tokens=tasks.WORD_LENGTH + 2,
+                           stop=tasks.END, kl_coef=0.02, ppo_epochs=4, eval_fraction=0.0, seed=0)
+        run = PPOTrainer(os.path.join(work, "sft"), prompt_file, os.path.join(work, name), config, reward,
+                         progress=False, log=lambda *a: None)
+        result = run.run()
+        with open(os.path.join(work, name, "train_log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+        report[name] = {"algorithm": algorithm, "lr": lr, "steps": result["step"], "rollouts_per_step": args.rollouts,
+                        "seconds": result["seconds"], "rule_rate_after": rate(run.model.eval()),
+                        "mean_reward_first_10_steps": float(np.mean([r["reward"] for r in log[:10]])),
+                        "mean_reward_last_10_steps": float(np.mean([r["reward"] for r in log[-10:]])),
+                        "kl_last_step": log[-1]["kl"]}
+        print(f"{name}: rule rate {report['rule_rate_sft']:.3f} -> {report[name]['rule_rate_after']:.3f} in "
+              f"{result['step']} steps, {result['seconds']:.1f} s", flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, args.out)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
