@@ -9,6 +9,9 @@ each `minillm finetune`'s own loop (PPOTrainer) on a prompt file it writes, full
   grpo-program  GRPO, the same reward
   ppo-reward-model  PPO against a reward model (alignment/reward_model.py) trained here in-process with
                 the Bradley-Terry loss on tasks.preference_records: RLHF proper; the checker only measures
+                (and the missing-stop penalty on, as a reward model needs)
+The rule rate is measured at steps 10, 25, 50 and the last (the curve shows reward over-optimisation
+when the reward is a model).
 Rates are counts (load-independent); the wall times are on whatever machine runs it.
 """
 import argparse
@@ -82,24 +85,33 @@ def main():
     report["reward_model"] = {"steps": args.rm_steps, "heldout_pair_accuracy": rm_accuracy,
                               "seconds": time.perf_counter() - t0}
     print(f"reward model: held-out pair accuracy {rm_accuracy:.3f}", flush=True)
-    runs = {"ppo-program": ("ppo", 3e-4, rule_reward), "grpo-program": ("grpo", 1e-3, rule_reward),
-            "ppo-reward-model": ("ppo", 3e-4, reward_model_reward(rm, tok))}
-    for name, (algorithm, lr, reward) in runs.items():
+    runs = {"ppo-program": ("ppo", 3e-4, 0.02, rule_reward), "grpo-program": ("grpo", 1e-3, 0.02, rule_reward),
+            "ppo-reward-model": ("ppo", 1e-4, 0.1, reward_model_reward(rm, tok))}
+    marks = sorted({m for m in (10, 25, 50, args.steps) if m <= args.steps})
+    for name, (algorithm, lr, kl_coef, reward) in runs.items():
         config = PPOConfig(method="full", algorithm=algorithm, lr=lr, max_iters=args.steps, eval_interval=args.steps,
                            rollouts=args.rollouts, group_size=4, max_new_tokens=tasks.WORD_LENGTH + 2,
-                           stop=tasks.END, kl_coef=0.02, ppo_epochs=4, eval_fraction=0.0, seed=0)
+                           stop=tasks.END, kl_coef=kl_coef, ppo_epochs=4, eval_fraction=0.0, seed=0,
+                           missing_stop_penalty=5.0 if name == "ppo-reward-model" else None)
         run = PPOTrainer(os.path.join(work, "sft"), prompt_file, os.path.join(work, name), config, reward,
                          progress=False, log=lambda *a: None)
-        result = run.run()
-        with open(os.path.join(work, name, "train_log.jsonl")) as f:
-            log = [json.loads(line) for line in f]
-        report[name] = {"algorithm": algorithm, "lr": lr, "steps": result["step"], "rollouts_per_step": args.rollouts,
-                        "seconds": result["seconds"], "rule_rate_after": rate(run.model.eval()),
+        log, curve, seconds = [], {}, 0.0
+        while run.step < args.steps:                     # PPOTrainer.run's steps, with the rule rate measured
+            t0 = time.perf_counter()                     # at the marks (outside the timed part)
+            log.append(run.train_step())
+            seconds += time.perf_counter() - t0
+            if run.step in marks:
+                curve[run.step] = rate(run.model.eval())
+                run.model.train()
+        report[name] = {"algorithm": algorithm, "lr": lr, "kl_coef": kl_coef, "steps": run.step,
+                        "rollouts_per_step": args.rollouts, "train_seconds": seconds,
+                        "rule_rate_after": curve[args.steps], "rule_rate_at_step": curve,
                         "mean_reward_first_10_steps": float(np.mean([r["reward"] for r in log[:10]])),
                         "mean_reward_last_10_steps": float(np.mean([r["reward"] for r in log[-10:]])),
                         "kl_last_step": log[-1]["kl"]}
-        print(f"{name}: rule rate {report['rule_rate_sft']:.3f} -> {report[name]['rule_rate_after']:.3f} in "
-              f"{result['step']} steps, {result['seconds']:.1f} s", flush=True)
+        print(f"{name}: rule rate {report['rule_rate_sft']:.3f} -> {curve} in {run.step} steps, {seconds:.1f} s; "
+              f"mean reward {report[name]['mean_reward_first_10_steps']:.3f} -> "
+              f"{report[name]['mean_reward_last_10_steps']:.3f}", flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

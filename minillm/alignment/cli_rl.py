@@ -15,7 +15,7 @@ RL_METHODS = ("ppo", "grpo")
 unit_interval = number(0.0, 1.0, name="unit_interval")                        # [0, 1]
 RL_FLAGS = ("reward_model", "kl_coef", "target_kl", "kl_horizon", "gamma", "lam", "cliprange", "cliprange_value",
             "vf_coef", "ent_coef", "ppo_epochs", "minibatches", "rollouts", "group_size", "max_new_tokens",
-            "temperature", "top_k", "stop", "tuning")
+            "temperature", "top_k", "stop", "missing_stop_penalty", "tuning")
 
 
 def add_rl_arguments(p):
@@ -31,6 +31,8 @@ def add_rl_arguments(p):
     g.add_argument("--temperature", type=positive_float, help="sampling temperature (default 1)")
     g.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens (default: all)")
     g.add_argument("--stop", help="a one-token text that also ends an answer (default: EOS / end of turn only)")
+    g.add_argument("--missing-stop-penalty", type=nonnegative_float, help="taken off the score of an answer that "
+                                                                          "never stopped (default: none)")
     g.add_argument("--kl-coef", type=nonnegative_float, help="beta, the KL penalty's coefficient (default 0.05; "
                                                              "the start value when --target-kl is given)")
     g.add_argument("--target-kl", type=positive_float, help="adapt beta toward this KL per answer (Ziegler et al.)")

@@ -22,6 +22,9 @@ Each step (one batch of `rollouts` answers):
          GRPO: L = L_pi(clip eps) + beta * KL_k3               - ent_coef * H        (ppo_loss.py)
      with the global gradient norm clipped; a NaN or infinite loss or gradient stops the run first.
   4. beta: fixed, or adapted toward target_kl (kl_control.py).
+An answer that never stopped (max_new_tokens reached) has missing_stop_penalty taken off its score when
+that is set (trl's missing_eos_penalty): a reward model, trained on replies that end with the stop token,
+is otherwise read at a token it never saw last, which the policy learns to exploit.
 Logged per step (train_log.jsonl): mean score, KL, beta, policy / value loss, clip fraction, entropy,
 answer length, seconds. Checkpoints every eval_interval steps and at the end, as `minillm finetune`'s.
 """
@@ -71,6 +74,7 @@ class PPOConfig(FinetuneConfig):
     ppo_epochs: int = 4
     minibatches: int = 1
     whiten_advantages: bool = True
+    missing_stop_penalty: float | None = None   # subtracted from the score of an answer that never stopped
 
     def __post_init__(self):
         super().__post_init__()
@@ -170,7 +174,11 @@ class PPOTrainer(Finetuner):
         full = getattr(self.reward_fn, "scores_full_text", False)
 
         def reward(ps, answers):
-            return self.reward_fn(ps, [self.tokenizer.decode(a) if full else self._answer_text(a) for a in answers])
+            scores = np.asarray(self.reward_fn(ps, [self.tokenizer.decode(a) if full else self._answer_text(a)
+                                                    for a in answers]), np.float64)
+            if c.missing_stop_penalty is not None and scores.shape == (len(answers),):
+                scores = scores - c.missing_stop_penalty * np.array([not a or a[-1] not in self.stop for a in answers])
+            return scores
         return make_rollout(self.model, self.value_head, self.reference_logprobs, prompts, reward, c.max_new_tokens,
                             c.temperature, c.top_k, None, seed=[c.seed, 5, self.step], stop=self.stop)
 
