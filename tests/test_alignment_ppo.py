@@ -173,11 +173,11 @@ def test_prompt_files_are_checked_line_by_line(tmp_path):
     assert [p.ids for p in load_prompts(str(path), tok, 16, 5)] == [tok.encode("abc="), tok.encode("fed=")]
 
 
-def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, tmp_path, capsys):
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, reward_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "abc="}\n{"prompt": 3}\n')
     common = ["finetune", "--model", str(task / "base"), "--out", str(tmp_path / "out"), "--no-progress"]
-    rm = ["--reward-model", str(tmp_path)]
+    rm = ["--reward-model", str(reward_model_dir), "--max-new-tokens", "5"]
     cases = [
         (["--method", "ppo", "--data", str(task / "prompts.jsonl")], "--method ppo needs --reward-model DIR"),
         (["--method", "grpo", "--data", str(task / "prompts.jsonl"), "--rollouts", "6", "--group-size", "4"] + rm,
@@ -185,14 +185,86 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, tmp_path, capsys
         (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--group-size", "4"] + rm, "--group-size is for"),
         (["--method", "lora", "--data", str(task / "prompts.jsonl"), "--kl-coef", "0.1"], "--kl-coef is for --method"),
         (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--gamma", "1.5"] + rm, "argument --gamma"),
+        (["--method", "ppo", "--data", str(bad)] + rm, "bad.jsonl:2: a record needs a non-empty"),
+        (["--method", "ppo", "--data", str(bad), "--max-new-tokens", "13"] + rm[:2], "bad.jsonl:1: the prompt is 4 tokens"),
+        (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--resume"] + rm, "--resume is not available"),
     ]
-    try:
-        import minillm.alignment.reward_model  # noqa: F401
-        cases.append((["--method", "ppo", "--data", str(bad)] + rm, "bad.jsonl:2: a record needs a non-empty"))
-    except ImportError:
-        pass
     for extra, message in cases:
         assert main(common + extra) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """A tiny reward model (alignment/reward_model.py) trained a few Bradley-Terry steps on the task, saved."""
+    from minillm.alignment.preference_data import encode_pair, pair_batch
+    from minillm.alignment.reward_model import RewardModel, bradley_terry_loss, pair_rewards, save_reward_model
+    from minillm.alignment.tasks import MODEL, preference_records
+    from minillm.optim import AdamW, param_groups
+    tok = task_tokenizer()
+    rm = RewardModel(DecoderLM(ModelConfig(vocab_size=tok.vocab_size, **{**MODEL, "n_embd": 16, "d_ff": 32}),
+                               rng=np.random.default_rng(0)))
+    batch = pair_batch([encode_pair(r, tok, "x") for r in preference_records(16, seed=0)])
+    optimizer = AdamW(param_groups(rm, 0.0), 3e-3)
+    for _ in range(20):
+        bradley_terry_loss(*pair_rewards(rm, batch)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    d = tmp_path_factory.mktemp("rm") / "rm"
+    save_reward_model(rm, tok, str(d))
+    return d
+
+
+def test_the_reward_model_reward_scores_prompt_and_answer_with_its_stop_token(reward_model_dir):
+    from minillm.alignment.ppo import reward_model_reward
+    from minillm.alignment.reward_model import load_reward_model
+    rm, tok = load_reward_model(str(reward_model_dir))
+    prompts = [Prompt("abc=", "abc=", tok.encode("abc="), "x:1"), Prompt("fe=", "fe=", tok.encode("fe="), "x:2")]
+    scores = reward_model_reward(rm, tok)(prompts, ["cba\n", "ef\n"])
+    np.testing.assert_allclose(scores[0], rm.score(np.array([tok.encode("abc=cba\n")]), np.ones((1, 8), bool))[0])
+    np.testing.assert_allclose(scores[1], rm.score(np.array([tok.encode("fe=ef\n")]), np.ones((1, 6), bool))[0])
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_the_cli_runs_against_a_reward_model_and_the_output_loads(task, reward_model_dir, tmp_path, method, capsys):
+    from minillm.pretrained import load_pretrained
+    out = tmp_path / "out"
+    args = ["finetune", "--method", method, "--tuning", "full", "--model", str(task / "base"), "--data",
+            str(task / "prompts.jsonl"), "--reward-model", str(reward_model_dir), "--out", str(out), "--max-iters", "2",
+            "--rollouts", "8", "--max-new-tokens", "5", "--stop", "\n", "--missing-stop-penalty", "1", "--no-progress"]
+    assert main(args + (["--group-size", "4"] if method == "grpo" else [])) == 0
+    assert "done: step 2" in capsys.readouterr().out
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["reward"]) for r in log)
+    assert json.loads((out / "finetune.json").read_text())["method"] == "full"
+    model, _ = load_pretrained(str(out))
+    assert model.config.vocab_size == task_tokenizer().vocab_size
+    assert main(args) == 2                                        # a second run into it needs --overwrite
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main(args[:args.index("--reward-model") + 1] + [str(task / "base")] + args[args.index("--reward-model") + 2:]
+                + ["--overwrite"] + (["--group-size", "4"] if method == "grpo" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a reward model" in err and len(err.splitlines()) == 1
+
+
+def test_the_missing_stop_penalty_falls_on_answers_that_never_stopped(task, tmp_path):
+    seen = {}
+
+    def zero(prompts, answers):
+        seen["answers"] = answers
+        return [0.0] * len(answers)
+
+    config = PPOConfig(method="full", algorithm="ppo", max_iters=1, rollouts=32, max_new_tokens=4, stop="\n",
+                       missing_stop_penalty=1.5, eval_fraction=0.0, temperature=2.0)
+    run = PPOTrainer(str(task / "base"), str(task / "prompts.jsonl"), str(tmp_path / "o"), config, zero, progress=False)
+    rollout = run.rollout()
+    stopped = np.array([a[-1] == task_tokenizer().encode("\n")[0] for a in rollout.answers])
+    assert 0 < stopped.sum() < len(stopped)                       # both kinds in the batch
+    np.testing.assert_array_equal(rollout.scores, np.where(stopped, 0.0, -1.5))
+    assert not any("\n" in a for a in seen["answers"])            # a program reward reads the text alone
+    zero.scores_full_text = True                                  # a reward model reads it with its stop token
+    rollout = run.rollout()
+    assert seen["answers"] == [task_tokenizer().decode(a) for a in rollout.answers]
+    assert any(a.endswith("\n") for a in seen["answers"])

@@ -96,9 +96,9 @@ def cmd_rl(args):
     if os.path.isdir(out) and ckpt.has_checkpoint(out) and not args.overwrite:
         raise UsageError(f"{out!r} already holds a checkpoint: pass --overwrite to start over, or --out for "
                          "another directory")
-    reward_fn = _reward_fn(args.reward_model)
-    run = PPOTrainer(args.model, args.data, out, config, reward_fn, progress=not args.no_progress,
+    run = PPOTrainer(args.model, args.data, out, config, None, progress=not args.no_progress,
                      merge=args.merge)                     # loads and checks the prompts: nothing written yet
+    run.reward_fn = _reward_fn(args.reward_model)
     os.makedirs(out, exist_ok=True)
     with DirectoryLock(out):
         _check_out(args, out)
