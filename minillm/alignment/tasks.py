@@ -33,7 +33,8 @@ ALPHABET = "abcdef"
 WORD_LENGTH = 3
 SEP, END = "=", "\n"
 SPLITS = ("train", "heldout")
-MODEL = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, d_ff=64, positions="rope", norm="rmsnorm")
+MODEL = dict(block_size=16, n_layer=2, n_head=2, n_embd=32, d_ff=64, positions="rope", norm="rmsnorm", activation="swiglu",
+             bias=False)                            # a Llama layout: its LoRA adapters save in peft's format
 
 
 def task_tokenizer():
