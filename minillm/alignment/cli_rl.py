@@ -23,7 +23,8 @@ def add_rl_arguments(p):
     g.add_argument("--reward-model", metavar="DIR", help="ppo/grpo: the reward model that scores prompt + answer "
                                                          "(a `minillm finetune --method reward` output)")
     g.add_argument("--tuning", choices=["lora", "qlora", "full"], help="ppo/grpo: what is trained (default lora; "
-                                                                       "full keeps a frozen copy as the reference)")
+                                                                       "full, or --full, keeps a frozen copy as "
+                                                                       "the reference)")
     g.add_argument("--rollouts", type=positive_int, help="answers sampled per step (default 8)")
     g.add_argument("--group-size", type=integer(2, name="group_size"), help="grpo: answers per prompt (default 4; "
                                                                             "--rollouts must be a multiple)")
@@ -78,7 +79,13 @@ def cmd_rl(args):
         raise UsageError(f"--method {args.method} needs --reward-model DIR (the model that scores the answers)")
     if args.method == "ppo" and args.group_size is not None:
         raise UsageError("--group-size is for --method grpo (PPO samples one answer per prompt)")
-    tuning = args.tuning or "lora"
+    for flag in ("beta", "loss", "label_smoothing", "margin"):
+        if getattr(args, flag, None) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} goes with --method reward or dpo; PPO / GRPO's KL "
+                             "coefficient is --kl-coef")
+    if getattr(args, "full", False) and args.tuning not in (None, "full"):
+        raise UsageError(f"--full contradicts --tuning {args.tuning}: pass one")
+    tuning = "full" if getattr(args, "full", False) else args.tuning or "lora"
     if tuning != "qlora" and args.scheme:
         raise UsageError("--scheme is the frozen base's quantization: it goes with --tuning qlora")
     if not os.path.isdir(args.reward_model):
