@@ -4,9 +4,11 @@ sampled answers satisfy the task's rule (the checker satisfies()), before and af
     python benchmarks/ppo_task.py [--steps 100] [--out benchmarks/results/ppo.json]
 
 Three runs from the same tiny SFT starting point (tasks.sft_starting_point, ~1/3 of its samples right),
-each `minillm finetune`'s own loop (PPOTrainer) on a prompt file it writes, full fine-tuning:
+each `minillm finetune`'s own loop (PPOTrainer) on a prompt file it writes, full fine-tuning unless
+LoRA is named:
   ppo-program   PPO, the reward the checker itself (1 if the answer is the reversal, else 0)
   grpo-program  GRPO, the same reward
+  ppo-lora-program  PPO with LoRA adapters (r 8, alpha 16, all-linear), the reference the base with them off
   ppo-reward-model  PPO against a reward model (alignment/reward_model.py) trained here in-process with
                 the Bradley-Terry loss on tasks.preference_records: RLHF proper; the checker only measures
                 (and the missing-stop penalty on, as a reward model needs)
@@ -85,12 +87,14 @@ def main():
     report["reward_model"] = {"steps": args.rm_steps, "heldout_pair_accuracy": rm_accuracy,
                               "seconds": time.perf_counter() - t0}
     print(f"reward model: held-out pair accuracy {rm_accuracy:.3f}", flush=True)
-    runs = {"ppo-program": ("ppo", 3e-4, 0.02, rule_reward), "grpo-program": ("grpo", 1e-3, 0.02, rule_reward),
-            "ppo-reward-model": ("ppo", 1e-4, 0.1, reward_model_reward(rm, tok))}
+    runs = {"ppo-program": ("ppo", "full", 3e-4, 0.02, rule_reward),
+            "grpo-program": ("grpo", "full", 1e-3, 0.02, rule_reward),
+            "ppo-lora-program": ("ppo", "lora", 3e-3, 0.02, rule_reward),
+            "ppo-reward-model": ("ppo", "full", 1e-4, 0.1, reward_model_reward(rm, tok))}
     marks = sorted({m for m in (10, 25, 50, args.steps) if m <= args.steps})
-    for name, (algorithm, lr, kl_coef, reward) in runs.items():
-        config = PPOConfig(method="full", algorithm=algorithm, lr=lr, max_iters=args.steps, eval_interval=args.steps,
-                           rollouts=args.rollouts, group_size=4, max_new_tokens=tasks.WORD_LENGTH + 2,
+    for name, (algorithm, method, lr, kl_coef, reward) in runs.items():
+        config = PPOConfig(method=method, target_modules="all-linear", lora_r=8, lora_alpha=16, algorithm=algorithm,
+                           lr=lr, max_iters=args.steps, eval_interval=args.steps, rollouts=args.rollouts, group_size=4, max_new_tokens=tasks.WORD_LENGTH + 2,
                            stop=tasks.END, kl_coef=kl_coef, ppo_epochs=4, eval_fraction=0.0, seed=0,
                            missing_stop_penalty=5.0 if name == "ppo-reward-model" else None)
         run = PPOTrainer(os.path.join(work, "sft"), prompt_file, os.path.join(work, name), config, reward,
@@ -103,7 +107,7 @@ def main():
             if run.step in marks:
                 curve[run.step] = rate(run.model.eval())
                 run.model.train()
-        report[name] = {"algorithm": algorithm, "lr": lr, "kl_coef": kl_coef, "steps": run.step,
+        report[name] = {"algorithm": algorithm, "tuning": method, "lr": lr, "kl_coef": kl_coef, "steps": run.step,
                         "rollouts_per_step": args.rollouts, "train_seconds": seconds,
                         "rule_rate_after": curve[args.steps], "rule_rate_at_step": curve,
                         "mean_reward_first_10_steps": float(np.mean([r["reward"] for r in log[:10]])),
