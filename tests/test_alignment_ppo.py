@@ -187,7 +187,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, reward_model_dir
         (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--gamma", "1.5"] + rm, "argument --gamma"),
         (["--method", "ppo", "--data", str(bad)] + rm, "bad.jsonl:2: a record needs a non-empty"),
         (["--method", "ppo", "--data", str(bad), "--max-new-tokens", "13"] + rm[:2], "bad.jsonl:1: the prompt is 4 tokens"),
-        (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--resume"] + rm, "--resume is not available"),
+        (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--resume"] + rm, "--resume: no checkpoint in"),
     ]
     for extra, message in cases:
         assert main(common + extra) == 2
@@ -241,8 +241,12 @@ def test_the_cli_runs_against_a_reward_model_and_the_output_loads(task, reward_m
     assert json.loads((out / "finetune.json").read_text())["method"] == "full"
     model, _ = load_pretrained(str(out))
     assert model.config.vocab_size == task_tokenizer().vocab_size
-    assert main(args) == 2                                        # a second run into it needs --overwrite
+    assert main(args) == 2                                        # a second run into it needs --resume or --overwrite
     assert "already holds a checkpoint" in capsys.readouterr().err
+    grpo = ["--group-size", "4"] if method == "grpo" else []
+    assert main([a if a != "2" else "3" for a in args] + grpo + ["--resume"]) == 0      # --max-iters 3
+    assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2, 3]
+    capsys.readouterr()
     assert main(args[:args.index("--reward-model") + 1] + [str(task / "base")] + args[args.index("--reward-model") + 2:]
                 + ["--overwrite"] + (["--group-size", "4"] if method == "grpo" else [])) == 2
     err = capsys.readouterr().err.strip()
@@ -268,3 +272,21 @@ def test_the_missing_stop_penalty_falls_on_answers_that_never_stopped(task, tmp_
     rollout = run.rollout()
     assert seen["answers"] == [task_tokenizer().decode(a) for a in rollout.answers]
     assert any(a.endswith("\n") for a in seen["answers"])
+
+
+@pytest.mark.parametrize("method, algorithm", [("lora", "ppo"), ("full", "ppo"), ("full", "grpo")])
+def test_resume_is_bit_exact(task, tmp_path, method, algorithm):
+    overrides = dict(method=method, rollouts=8, lr=1e-3, target_kl=0.5, kl_horizon=100, eval_interval=2,
+                     target_modules="all-linear")
+    straight, log = run_task(task, tmp_path / "straight", algorithm, 4, **overrides)
+    run_task(task, tmp_path / "resumed", algorithm, 2, **overrides)
+    config = PPOConfig(**{**dict(method=method, algorithm=algorithm, max_iters=4)})     # the rest from the checkpoint
+    resumed = PPOTrainer(str(task / "base"), str(task / "prompts.jsonl"), str(tmp_path / "resumed"), config,
+                         rule_reward, progress=False, log=lambda *a: None, resume=True)
+    assert resumed.step == 2 and resumed.config.rollouts == 8 and resumed.kl_control.value != 0.02
+    resumed.run()
+    again = [json.loads(line) for line in open(tmp_path / "resumed" / "train_log.jsonl")]
+    drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]   # noqa: E731
+    assert drop(again) == drop(log)
+    for (name, a), (_, b) in zip(straight.optimizer.named_parameters(), resumed.optimizer.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)

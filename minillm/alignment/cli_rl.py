@@ -72,9 +72,8 @@ def cmd_rl(args):
     from ..cli_train import _check_out
     from ..files import DirectoryLock
     from .ppo import PPOConfig, PPOTrainer
-    if args.resume:
-        raise UsageError(f"--resume is not available for --method {args.method} yet: start the run again "
-                         "(--overwrite)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pass one")
     if not args.reward_model:
         raise UsageError(f"--method {args.method} needs --reward-model DIR (the model that scores the answers)")
     if args.method == "ppo" and args.group_size is not None:
@@ -100,11 +99,13 @@ def cmd_rl(args):
         eval_interval=args.eval_interval or args.max_iters, eval_fraction=0.0, weight_decay=args.weight_decay,
         seed=args.seed, **{name: pick(name) for name in RL_FLAGS if name not in ("reward_model", "tuning")})
     out = args.out
-    if os.path.isdir(out) and ckpt.has_checkpoint(out) and not args.overwrite:
-        raise UsageError(f"{out!r} already holds a checkpoint: pass --overwrite to start over, or --out for "
-                         "another directory")
-    run = PPOTrainer(args.model, args.data, out, config, None, progress=not args.no_progress,
-                     merge=args.merge)                     # loads and checks the prompts: nothing written yet
+    if os.path.isdir(out) and ckpt.has_checkpoint(out) and not (args.resume or args.overwrite):
+        raise UsageError(f"{out!r} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                         "start over, or --out for another directory")
+    if args.resume and not ckpt.has_checkpoint(out):
+        raise UsageError(f"--resume: no checkpoint in {out!r}")
+    run = PPOTrainer(args.model, args.data, out, config, None, progress=not args.no_progress, merge=args.merge,
+                     resume=args.resume)                     # loads and checks the prompts: nothing written yet
     run.reward_fn = _reward_fn(args.reward_model)
     os.makedirs(out, exist_ok=True)
     with DirectoryLock(out):

@@ -32,12 +32,13 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import checkpoint as ckpt
 from ..autograd import no_grad
-from ..finetune import FinetuneConfig, Finetuner
+from ..finetune import FinetuneConfig, Finetuner, _AdapterView
 from ..io.hf import family
 from ..lora import apply_lora, disabled_adapters, set_adapter_rng
 from ..nn import Linear
@@ -115,8 +116,13 @@ def reward_model_reward(reward_model, tokenizer):
 class PPOTrainer(Finetuner):
     """A PPO or GRPO run: the policy (adapted), its value head, the reference, the prompts, the reward."""
 
-    def __init__(self, source, prompts_path, out_dir, config, reward_fn, progress=True, log=print, merge=False):
+    def __init__(self, source, prompts_path, out_dir, config, reward_fn, progress=True, log=print, merge=False,
+                 resume=False):
         self.out_dir, self.progress, self.log, self.merge, self.reward_fn = out_dir, progress, log, merge, reward_fn
+        saved = ckpt.load_checkpoint(out_dir, optimizer_wanted=True) if resume else None
+        if saved:
+            run = saved["state"]["train_config"]
+            source, config = run.get("source", source), PPOConfig.from_dict({**run, "max_iters": config.max_iters})
         if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
             source = os.path.abspath(source)
         self.source, self.data_path, self.config = source, prompts_path, config
@@ -150,6 +156,30 @@ class PPOTrainer(Finetuner):
                            else FixedKLController(c.kl_coef))
         self.data_rng = np.random.default_rng([c.seed, 1])
         self.step, self.resumed_at, self.best_val = 0, None, math.inf
+        if saved:
+            self._restore(saved)                   # the trained weights, the optimizer, the step, the data RNG
+            extra = saved["state"].get("ppo") or {}
+            self.kl_control.value = float(extra.get("kl_coef", c.kl_coef))
+            if self.value_head is not None:
+                if "value_head" not in extra:
+                    raise ckpt.CheckpointError(f"checkpoint {saved['directory']!r} has no value head to resume PPO")
+                for name, values in extra["value_head"].items():
+                    param = getattr(self.value_head, name)
+                    param.data = np.array(values, dtype=param.dtype).reshape(param.shape)
+
+    def save(self, losses=None):
+        """Finetuner's checkpoint (the trained weights: the adapters for LoRA), with the value head and beta
+        in its state (C + 2 floats; float32 -> JSON -> float32 is exact)."""
+        if not all(np.isfinite(p.data).all() for _, p in self.optimizer.named_parameters()):
+            raise TrainingDiverged(f"the weights hold NaN or infinite values at step {self.step}; stopped, and the "
+                                   f"last checkpoint in {self.out_dir} was left as it was")
+        head = None if self.value_head is None else {
+            "weight": self.value_head.weight.data.reshape(-1).tolist(), "bias": self.value_head.bias.data.tolist()}
+        state = {"step": self.step, "train_config": {**asdict(self.config), "source": self.source},
+                 "best_val": None, "losses": losses, "rng": {"data": self.data_rng.bit_generator.state},
+                 "ppo": {"kl_coef": self.kl_control.value, "value_head": head}}
+        model = self.model if self.config.method == "full" else _AdapterView(self.model)
+        ckpt.save_checkpoint(self.out_dir, model, self.tokenizer, self.optimizer, state)
 
     # ---- rollouts
 
