@@ -290,3 +290,14 @@ def test_resume_is_bit_exact(task, tmp_path, method, algorithm):
     assert drop(again) == drop(log)
     for (name, a), (_, b) in zip(straight.optimizer.named_parameters(), resumed.optimizer.named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
+def test_a_qlora_run_starts_at_its_quantized_base_and_loads(task, tmp_path):
+    from minillm.pretrained import load_pretrained
+    run, log = run_task(task, tmp_path / "qlora", "ppo", 2, method="qlora", scheme="q8_0", lr=1e-2, rollouts=8,
+                        reward=lambda prompts, answers: [a.count("a") for a in answers])
+    assert run.model.quantization is not None and run.reference_model is None
+    assert log[0]["kl"] == 0.0 and log[1]["kl"] != 0.0
+    loaded, _ = load_pretrained(str(tmp_path / "qlora"))
+    ids = np.array([task_tokenizer().encode("abc=")])
+    np.testing.assert_allclose(loaded.infer(ids), run.model.infer(ids), rtol=1e-5, atol=1e-5)
