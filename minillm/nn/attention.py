@@ -112,8 +112,8 @@ class Attention(Module):
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         projections = (self.wq, self.wk, self.wv)
         biases = None if self.wq.bias is None else [m.bias for m in projections]
-        if any(getattr(m, "adapter_active", False) for m in projections):      # LoRA: each its own infer
-            qkv = np.concatenate([m.infer(x) for m in projections], axis=-1)
+        if any(hasattr(m, "lora") for m in projections):                        # LoRA layers (nn/lora.py): each
+            qkv = np.concatenate([m.infer(x) for m in projections], axis=-1)    # with its adapter's update
         else:
             qkv = self.qkv(x, [m.weight for m in projections], biases)          # (B, T, (H + 2 Hkv) D)
         heads = qkv.reshape(B, T, H + 2 * Hkv, D).transpose(0, 2, 1, 3)        # (B, H + 2 Hkv, T, D)

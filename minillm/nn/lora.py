@@ -112,12 +112,8 @@ class LoraLinear(Module):
             return project(x, self.weight, self.bias, None)
         return project(x, self.weight, self.bias, *self.lora())
 
-    @property
-    def adapter_active(self):
-        return not self.merged
-
     def infer(self, x):
-        """forward on arrays, without the tape (what DecoderLM.infer and generate call)."""
+        """forward on arrays without the tape (DecoderLM.infer, generation): the adapter's update included."""
         with no_grad():
             return self.forward(x).data
 
@@ -168,6 +164,7 @@ class LoraSwiGLU(Module):
         return project(h, self.w_down, None, adapter(self.down_adapter))
 
     def infer(self, x):
+        """forward on arrays without the tape (DecoderLM.infer, generation): the adapters' updates included."""
         with no_grad():
             return self.forward(x).data
 
