@@ -11,13 +11,13 @@ and a sampled answer is the text before it.
 
     tok = task_tokenizer()
     records = preference_records(400, seed=0)                   # {"prompt", "chosen", "rejected"}
-    model = sft_starting_point(tok, seed=0)                     # ~1/3 of its samples reverse the word
+    model = sft_starting_point(tok, seed=0)                     # about half its samples reverse the word
     rule_rate(model, tok, task_prompts(100, seed=1, split="heldout"), samples=4, seed=0)
 
 The SFT starting point is a tiny decoder trained from scratch in-process on sft_records: for each
 prompt the reversal with probability correct_rate, else the word copied unreversed. It learns both
-modes, so its temperature-1 samples satisfy the rule at a little under correct_rate (0.4 by default:
-about a third, measured in benchmarks/alignment_task.py), leaving
+modes, so its temperature-1 samples satisfy the rule at about correct_rate (0.5 by default; the figure
+for the default seed is in benchmarks/results/alignment.json), leaving
 room for a reward model, best-of-n, DPO or PPO to improve it. satisfies(prompt, answer) is the check.
 """
 import numpy as np
@@ -86,16 +86,17 @@ def preference_records(n, seed=0, split="train"):
             for w in _words(n, seed, split)]
 
 
-def sft_records(n, seed=0, correct_rate=0.4, split="train"):
+def sft_records(n, seed=0, correct_rate=0.5, split="train"):
     """n records {"prompt", "completion"}: the reversal with probability correct_rate, else the copy."""
     rng = np.random.default_rng([seed, 8])
     return [{"prompt": w + SEP, "completion": (w[::-1] if rng.random() < correct_rate else w) + END}
             for w in _words(n, seed, split)]
 
 
-def sft_starting_point(tokenizer=None, seed=0, steps=1000, correct_rate=0.4, batch_size=32, lr=5e-3):
+def sft_starting_point(tokenizer=None, seed=0, steps=1500, correct_rate=0.5, batch_size=32, lr=5e-3):
     """A tiny DecoderLM (MODEL) trained from scratch on sft_records(2000, seed, correct_rate), in eval mode.
-    Deterministic for a seed; about 5-10 s on two cores (fewer steps: a cruder model, for tests)."""
+    Deterministic for a seed; 5-20 s on two cores (fewer steps give a cruder model, for tests: below ~1500
+    it also makes answers that are neither the copy nor the reversal)."""
     tokenizer = tokenizer or task_tokenizer()
     model = DecoderLM(ModelConfig(vocab_size=tokenizer.vocab_size, **MODEL), rng=np.random.default_rng([seed, 9]))
     examples = [encode_record(r, tokenizer, "sft_records") for r in sft_records(2000, seed, correct_rate)]
