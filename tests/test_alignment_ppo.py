@@ -186,6 +186,7 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(task, reward_model_dir
         (["--method", "lora", "--data", str(task / "prompts.jsonl"), "--kl-coef", "0.1"], "--kl-coef is for --method"),
         (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--gamma", "1.5"] + rm, "argument --gamma"),
         (["--method", "ppo", "--data", str(bad)] + rm, "bad.jsonl:2: a record needs a non-empty"),
+        (["--method", "grpo", "--data", str(task / "prompts.jsonl"), "--pack"] + rm, "--pack is for SFT examples"),
         (["--method", "ppo", "--data", str(bad), "--max-new-tokens", "13"] + rm[:2], "bad.jsonl:1: the prompt is 4 tokens"),
         (["--method", "ppo", "--data", str(task / "prompts.jsonl"), "--resume"] + rm, "--resume: no checkpoint in"),
     ]

@@ -78,6 +78,8 @@ def cmd_rl(args):
         raise UsageError(f"--method {args.method} needs --reward-model DIR (the model that scores the answers)")
     if args.method == "ppo" and args.group_size is not None:
         raise UsageError("--group-size is for --method grpo (PPO samples one answer per prompt)")
+    if args.pack:
+        raise UsageError(f"--pack is for SFT examples; --method {args.method} samples its own answers")
     for flag in ("beta", "loss", "label_smoothing", "margin"):
         if getattr(args, flag, None) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} goes with --method reward or dpo; PPO / GRPO's KL "
