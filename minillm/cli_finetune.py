@@ -1,7 +1,8 @@
 """`minillm finetune`: supervised fine-tuning (full, LoRA, QLoRA) of a pretrained model or a minillm
 checkpoint on a JSONL file of chats or prompt/completion pairs (minillm/finetune.py, sft_data.py);
 with --method reward or dpo, a reward model or DPO on preference pairs (LoRA, or every weight with
---full; minillm/alignment/, docs/alignment.md).
+--full; minillm/alignment/, docs/alignment.md); with --method ppo or grpo, RL against a reward model
+on a file of prompts (minillm/alignment/cli_rl.py, docs/rlhf.md).
 
 The data are read and checked before --out is touched: a bad record stops the run with one line
 naming the file and line (exit 2), and nothing is written. --out follows `minillm train`'s rules: a
@@ -38,13 +39,20 @@ def _check_preference_flags(args):
 
 def cmd_finetune(args):
     from . import distributed
+    from .alignment.cli_rl import RL_METHODS, check_rl_flags, cmd_rl
     try:       # `mpiexec -n N minillm finetune` (or --distributed): one rank of N; else this process alone
         comm = distributed.from_environment(args.distributed, args.comm_timeout)
     except RuntimeError as error:
         raise UsageError(str(error)) from None
+    check_rl_flags(args)
     if args.threads:
         from . import set_num_threads
         set_num_threads(args.threads)
+    if args.method in RL_METHODS:
+        if comm.size > 1:
+            raise UsageError(f"--method {args.method} runs in one process: data-parallel RL is not built yet "
+                             "(run it without mpiexec)")
+        return cmd_rl(args)
     try:
         return _finetune(args, comm)
     except distributed.RootFailed:
@@ -165,11 +173,13 @@ def add_parser(sub):
     p.add_argument("--data", required=True, type=existing_file, help="JSONL: {\"messages\": [...]} or "
                                                                      "{\"prompt\": ..., \"completion\": ...} per line "
                                                                      "(reward, dpo: {\"prompt\", \"chosen\", "
-                                                                     "\"rejected\"})")
+                                                                     "\"rejected\"}; ppo, grpo: {\"prompt\": ...})")
     p.add_argument("--out", required=True, type=output_directory, help="run directory (checkpoints, log, adapter/)")
-    p.add_argument("--method", choices=["full", "lora", "qlora", "reward", "dpo"], default="lora",
-                   help="SFT: full, lora or qlora; on preference pairs: reward (a reward model) or dpo")
-    p.add_argument("--full", action="store_true", help="reward, dpo: train every weight (default: LoRA adapters)")
+    p.add_argument("--method", choices=["full", "lora", "qlora", "reward", "dpo", "ppo", "grpo"], default="lora",
+                   help="SFT: full, lora or qlora; on preference pairs: reward (a reward model) or dpo; RL against "
+                        "--reward-model: ppo or grpo (docs/alignment.md, docs/rlhf.md)")
+    p.add_argument("--full", action="store_true", help="reward, dpo, ppo, grpo: train every weight (default: LoRA "
+                                                       "adapters)")
     p.add_argument("--beta", type=positive_float, help="dpo: the pull towards the reference (default 0.1)")
     p.add_argument("--loss", choices=["sigmoid", "ipo", "hinge"], help="dpo: the loss (default sigmoid)")
     p.add_argument("--label-smoothing", type=label_smoothing, help="dpo sigmoid: share of flipped labels, [0, 0.5)")
@@ -199,4 +209,6 @@ def add_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .cli_train import add_data_parallel_arguments
     add_data_parallel_arguments(p)
+    from .alignment.cli_rl import add_rl_arguments
+    add_rl_arguments(p)
     p.set_defaults(run=cmd_finetune)

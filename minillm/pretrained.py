@@ -191,40 +191,12 @@ def load_base(source, method, scheme):
     return model, tokenizer
 
 
-def dequantized(model):
-    """Every quantized layer of model replaced, in place, by its float32 twin holding the weights the
-    quantized arrays stand for (so it computes what the quantized layer computes, to float rounding).
-    Returns the model."""
-    from .nn import Embedding, Linear, SwiGLU
-    from .nn.quantized import QuantizedEmbedding, QuantizedLinear, QuantizedSwiGLU
-    for _, parent in list(model.named_modules()):
-        for attr, child in list(parent.named_children()):
-            if isinstance(child, QuantizedLinear):
-                plain = Linear(child.in_features, child.out_features, bias=child.bias is not None, init_std=0.0)
-                plain.weight.data = child.weight.dequantize()
-                if child.bias is not None:
-                    plain.bias.data = child.bias.data
-            elif isinstance(child, QuantizedSwiGLU):
-                hidden, dim = child.w_gate.out_features, child.w_gate.in_features
-                plain = SwiGLU(dim, hidden, init_std=0.0)
-                for name in ("w_gate", "w_up", "w_down"):
-                    getattr(plain, name).data = getattr(child, name).dequantize()
-            elif isinstance(child, QuantizedEmbedding):
-                plain = Embedding(child.table.out_features, child.table.in_features, init_std=0.0)
-                plain.weight.data = child.table.dequantize()
-            else:
-                continue
-            setattr(parent, attr, plain)
-    model.quantization = None
-    return model
-
-
 def load_finetuned(directory):
     """(model, tokenizer) of a fine-tuning run's output (finetune.json): merged/ if the run merged, the
-    full model's checkpoint for method full, else the base (from its source, QLoRA's quantized as it
-    was trained) with adapter/ folded into its weights (merge_lora: float32, since the inference path
-    runs plain layers only; QLoRA's quantized weights are dequantized first, which is what training
-    saw)."""
+    full model's checkpoint for method full; for LoRA the float base with adapter/ folded into its
+    weights (merge_lora: plain layers, the fast path); for QLoRA the base quantized as it was trained
+    with adapter/ on top (the inference path runs the adapters: LoraLinear.infer), so it computes what
+    training computed and keeps QLoRA's small weights."""
     from .lora import load_adapter, merge_lora
     path = os.path.join(directory, "finetune.json")
     try:
@@ -237,8 +209,10 @@ def load_finetuned(directory):
         model, tokenizer = load_pretrained(os.path.join(directory, manifest["merged"]))
     elif method == "full":
         model, tokenizer = load_pretrained(directory, checkpoint=True)      # the run's own (full) checkpoint
-    else:      # the adapter folded into the weights (a QLoRA base dequantized): infer runs plain layers only
+    else:
         model, tokenizer = load_base(base, method, manifest.get("scheme"))
-        merge_lora(load_adapter(dequantized(model), os.path.join(directory, manifest.get("adapter") or "adapter")))
+        load_adapter(model, os.path.join(directory, manifest.get("adapter") or "adapter"))
+        if method == "lora":
+            merge_lora(model)
     model.source = {"format": f"minillm fine-tune ({method})", "path": directory, "base": base}
     return model.eval(), tokenizer

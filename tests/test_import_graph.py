@@ -37,7 +37,7 @@ LAYERS = [
                    "minillm.seq2seq_data", "minillm.embed", "minillm.alignment"]),
     ("serve", ["minillm.serve"]),
     ("top", ["minillm", "minillm.cli", "minillm.cli_train", "minillm.cli_finetune", "minillm.cli_constitution", "minillm.pretrained_cli", "minillm.encoder_cli", "minillm.scaling.cli",
-             "minillm.tokenizers.cli", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
+             "minillm.tokenizers.cli", "minillm.alignment.cli_rl", "minillm.serve_cli", "minillm.cli_long_context", "minillm.__main__", "minillm.demo", "minillm.testing"]),
 ]
 LAYER_NAMES = [name for name, _ in LAYERS]
 

@@ -12,6 +12,13 @@ Constitutional-AI loop. One concept per module:
     reward_train.py     RewardTrainer: `minillm finetune --method reward`
     best_of_n.py        sample n replies, keep the reward model's favourite: `minillm generate --best-of N`
     dpo.py              DPO / IPO / hinge against a frozen reference: `minillm finetune --method dpo`
+    prompts.py          RL prompts: {"prompt"} / {"messages"} JSONL records rendered with the chat template
+    rollout.py          answers sampled with the KV cache, laid out with the action mask, old / reference log-probs, values
+    advantages.py       GAE and group-relative advantages (NumPy)
+    ppo_loss.py         the clipped policy and value losses, entropy and the k3 KL as autograd nodes
+    kl_control.py       the KL coefficient: fixed, or adaptive toward a target (Ziegler et al.)
+    ppo.py              PPOTrainer: PPO (value head) and GRPO (groups) on Finetuner's pieces
+    cli_rl.py           `minillm finetune --method ppo|grpo`'s flags and command
 
 The trainers build on minillm/finetune.py (LoRA / QLoRA, the data checks, checkpoints, the log).
 """
