@@ -79,7 +79,7 @@ def test_padded_batches_and_per_row_positions_match_the_forward():
     close(model.infer(ids, positions, mask), want, np.float64)
 
 
-@pytest.mark.parametrize("scheme", ["int8", "q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("scheme", ["int8", "q8_0", "q4_0", "q4_1", "nf4"])
 @pytest.mark.parametrize("flavour", [dict(norm="rmsnorm", activation="swiglu", positions="rope", n_kv_head=2,
                                           bias=False),
                                      dict(bias=True, tie_embeddings=False),

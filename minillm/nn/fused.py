@@ -18,6 +18,7 @@ same way), passed at each call so that modules swapped by quantize_model are see
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference.nf4 import GROUP2
 
 
 class FusedRows:
@@ -67,9 +68,23 @@ class FusedProjection:
     def __call__(self, x, weights, biases=None):
         """x: (..., in) array -> (..., sum of the weights' rows) array."""
         bias = None if biases is None else self._rows("bias", biases, "data")
+        if hasattr(weights[0], "scheme") and not _stackable(weights):
+            parts = [w.infer(x, None if biases is None else b) for w, b in zip(weights, biases or weights)]
+            return np.concatenate(parts, axis=-1)
         if hasattr(weights[0], "scheme"):             # QuantizedWeights (nn/quantized.py)
             q, scale = self._rows("q", weights, "q"), self._rows("scale", weights, "scale")
             low = self._rows("min", weights, "min") if weights[0].min is not None else None
             y = kernels.quant_matmul(x.reshape(-1, x.shape[-1]), weights[0].scheme, q, scale, low, bias)
             return y.reshape(*x.shape[:-1], q.shape[0]).astype(x.dtype, copy=False)
         return kernels.linear_forward(x, self._rows("weight", weights, "data"), bias)
+
+
+
+
+def _stackable(weights):
+    """Whether quantized weights can be stacked by rows: NF4's second-level scales (in "min") run in
+    groups of GROUP2 (256) blocks over each whole tensor, which line up only when every part but
+    the last holds whole groups; otherwise each part is multiplied on its own."""
+    if weights[0].scheme != "nf4":
+        return True
+    return all(w.scale.size % GROUP2 == 0 for w in weights[:-1])
