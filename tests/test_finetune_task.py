@@ -1,7 +1,9 @@
 """Fine-tuning teaches, shown on a task with a checkable answer, in seconds: a tiny char model
-pretrained here to copy 3-letter words ("abc=abc") is LoRA-tuned (Finetuner) to a mapping it does
-not know (each letter shifted by 3: "abc=def"); held-out exact match goes from 0 to near 1. And a
-LoRA run's output, loaded without --merge, generates with its adapter."""
+pretrained here on the built-in corpus (tiny Shakespeare) and on lines copying 3-letter words
+("abc:abc") is LoRA-tuned (Finetuner) to a mapping it does not know (each letter shifted by 3:
+"abc:def"); held-out exact match goes from 0 to near 1. And a LoRA run's output, loaded without
+--merge, generates with its adapter."""
+import gzip
 import json
 import os
 
@@ -10,6 +12,7 @@ import pytest
 
 from minillm.checkpoint import save_checkpoint
 from minillm.cli import main
+from minillm.data import BUILTIN_CORPUS
 from minillm.finetune import FinetuneConfig, Finetuner
 from minillm.lora import load_adapter
 from minillm.models import DecoderLM, ModelConfig
@@ -35,24 +38,28 @@ def shifted(word):
     return "".join(LETTERS[(LETTERS.index(c) + 3) % len(LETTERS)] for c in word)
 
 
-def records(ws, answer):
-    """Prompt "abc=", completion the answer and a newline (the char vocabulary has no EOS: the reply is
+def records(ws, answer, separator="="):
+    """Prompt "abc=" (or the separator given), completion the answer and a newline (the char vocabulary has no EOS: the reply is
     compared after strip(), and max_new_tokens 4 leaves room for exactly the answer and the newline)."""
-    return [{"prompt": w + "=", "completion": answer(w) + "\n"} for w in ws]
+    return [{"prompt": w + separator, "completion": answer(w) + "\n"} for w in ws]
 
 
-def pretrain_copying(path, steps=120, seed=0):
-    """A tiny DecoderLM trained on lines "abc=abc\\n": it learns the shape of the task (a word, "=",
-    three letters, a newline) and to copy, not the mapping. Saved as a checkpoint at path."""
-    tok, rng = tokenizer(), np.random.default_rng(seed)
+def pretrain_on_the_corpus_and_copying(path, steps=250, seed=0):
+    """A tiny DecoderLM trained on the built-in corpus and, in half of each batch, on lines "abc:abc\n":
+    it learns the shape of the task (a word, ":", three letters, a newline) and to copy, not the
+    mapping. Its vocabulary is the corpus's characters. Saved as a checkpoint at path."""
+    corpus = gzip.open(BUILTIN_CORPUS, "rt", encoding="utf-8").read()
+    tok, rng = CharTokenizer("".join(sorted(set(corpus)))), np.random.default_rng(seed)
     model = DecoderLM(ModelConfig(vocab_size=tok.vocab_size, **MODEL), rng=np.random.default_rng(seed))
-    stream = np.array(tok.encode("".join(f"{w}={w}\n" for w in words(4000, rng))))
+    text = np.array(tok.encode(corpus[:200_000]))
+    copying = np.array(tok.encode("".join(f"{w}:{w}\n" for w in words(4000, rng))))
     optimizer = AdamW(param_groups(model, 0.0), 3e-3)
     T = MODEL["block_size"]
     for _ in range(steps):
-        starts = rng.integers(0, len(stream) - T - 1, 16)
-        x = np.stack([stream[s:s + T] for s in starts])
-        y = np.stack([stream[s + 1:s + T + 1] for s in starts])
+        starts = [(copying, s) for s in rng.integers(0, len(copying) - T - 1, 8)] + \
+                 [(text, s) for s in rng.integers(0, len(text) - T - 1, 8)]
+        x = np.stack([stream[s:s + T] for stream, s in starts])
+        y = np.stack([stream[s + 1:s + T + 1] for stream, s in starts])
         model.loss(x, y).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -61,26 +68,22 @@ def pretrain_copying(path, steps=120, seed=0):
 
 
 def test_lora_sft_raises_held_out_exact_match_on_a_mapping_the_base_does_not_know(tmp_path):
-    base = pretrain_copying(tmp_path / "base")
+    base = pretrain_on_the_corpus_and_copying(tmp_path / "base")
     rng = np.random.default_rng(1)
     train_words = words(300, rng)
     held = [w for w in dict.fromkeys(words(200, rng)) if w not in set(train_words)][:40]
     data = tmp_path / "shift.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records(train_words, shifted)))
+    data.write_text("".join(json.dumps(r) + "\n" for r in records(train_words, shifted, ":")))
     model, tok = load_pretrained(base)
-    copies, _ = exact_match(model, tok, records(held, lambda w: w), max_new_tokens=4)
-    before, _ = exact_match(model, tok, records(held, shifted), max_new_tokens=4)
+    copies, _ = exact_match(model, tok, records(held, lambda w: w, ":"), max_new_tokens=4)
+    before, _ = exact_match(model, tok, records(held, shifted, ":"), max_new_tokens=4)
     assert copies >= 0.5 and before == 0.0          # it has the task's shape, not the mapping
     config = FinetuneConfig(method="lora", lora_r=8, lora_alpha=16, target_modules="all-linear", lr=1e-2,
                             max_iters=60, batch_size=16, eval_interval=60, eval_fraction=0.0)
     Finetuner(base, str(data), str(tmp_path / "run"), config, progress=False, log=lambda message: None).run()
     tuned, _ = load_pretrained(str(tmp_path / "run"))          # base + adapter/, as generate and chat load it
-    after, replies = exact_match(tuned, tok, records(held, shifted), max_new_tokens=4)
+    after, replies = exact_match(tuned, tok, records(held, shifted, ":"), max_new_tokens=4)
     assert after >= 0.9, replies[:5]
-
-
-def copy_records(n, seed):
-    return records(words(n, np.random.default_rng(seed)), lambda w: w)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
