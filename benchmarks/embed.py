@@ -11,17 +11,13 @@ minillm is faster), plus the lowest cosine between the two libraries' embeddings
 Writes benchmarks/results/embed.json. Run nothing else meanwhile (see the harness).
 """
 import argparse
-import importlib.util
 import os
 import sys
 
-# benchmarks/ holds a tokenizers.py, which would shadow Hugging Face's `tokenizers` that
-# sentence-transformers imports: take benchmarks/ off sys.path and load the harness by its path.
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
-_spec = importlib.util.spec_from_file_location("harness", os.path.join(HERE, "harness.py"))
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+sys.path.insert(0, os.path.dirname(HERE))
+import harness  # noqa: E402  (benchmarks/ is the script's directory, on sys.path)
+
 compare, machine_info, print_table, write_json = harness.compare, harness.machine_info, harness.print_table, harness.write_json
 
 import numpy as np  # noqa: E402

@@ -17,6 +17,7 @@ value), small models trained the same steps with each attention; accuracy on hel
 Writes benchmarks/results/long_context.json. Figures from a shared machine are not performance claims.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -131,10 +132,12 @@ def recall_batch(rng, batch, n_pairs, vocab):
     return x, values[np.arange(batch), pick]
 
 
-def recall_quality(n_pairs, steps, vocab=32):
-    """Accuracy of a 2-layer model per attention kind after `steps` AdamW steps on recall sequences."""
+def recall_quality(n_pairs, steps, vocab=None):
+    """Accuracy of a 2-layer model per attention kind after `steps` AdamW steps on recall sequences
+    (keys from the first half of the vocabulary, which must hold n_pairs distinct keys: 4 n_pairs)."""
     from minillm.models import DecoderLM, ModelConfig
     from minillm.optim import AdamW
+    vocab = vocab or max(32, 4 * n_pairs)
     T = 2 * n_pairs + 1
     window = max(4, T // 4)
     kinds = {"dense": {}, "sliding": {"window": window},
@@ -188,20 +191,32 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-dense", type=int, default=32768, help="largest T for dense attention")
     parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--recall-pairs", type=int, default=8, help="key-value pairs per recall sequence")
+    parser.add_argument("--recall-steps", type=int, default=2000, help="training steps of each recall model")
+    parser.add_argument("--only", choices=["costs", "quality"], help="run one half (the other is kept from the "
+                                                                     "results file when it is there)")
     args = parser.parse_args()
     minillm.set_num_threads(args.threads)
     lengths = [256, 512] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
     info = machine_info()
     print(f"minillm long-context attention, H = {H}, D = {D}, {args.threads} threads; {info.get('cpu', '')}")
-    rows = cost_rows(lengths, 1 if args.quick else 3, args.max_dense)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "long_context.json")
+    kept = {}
+    if args.only and os.path.exists(out):
+        with open(out) as f:
+            kept = json.load(f)
+    rows, cross, quality = kept.get("costs", []), kept.get("crossings", {}), kept.get("quality", [])
+    if args.only != "quality":
+        rows = cost_rows(lengths, 1 if args.quick else 3, args.max_dense)
+        cross = crossings(rows)
     print_table(rows, [("T", "T", "{}"), ("method", "method", "{}"), ("train_s", "fwd+bwd s", "{:.4f}"),
                        ("train_peak_mib", "peak MiB", "{:.1f}"), ("decode_ms", "decode ms", "{:.3f}")])
-    cross = crossings(rows)
     print("crosses dense flash attention (fwd+bwd) at:", cross or "none in this range")
-    quality = recall_quality(n_pairs=8 if args.quick else 32, steps=5 if args.quick else 400)
+    if args.only != "costs":
+        quality = recall_quality(n_pairs=8 if args.quick else args.recall_pairs,
+                                 steps=5 if args.quick else args.recall_steps)
     print_table(quality, [("method", "method", "{}"), ("T", "T", "{}"), ("steps", "steps", "{}"),
                           ("accuracy", "recall accuracy", "{:.3f}")])
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "long_context.json")
     write_json(out, {"machine": info, "costs": rows, "crossings": cross, "quality": quality,
                      "quick": args.quick})
     if args.plot:

@@ -123,41 +123,54 @@ def tiny_model_checkpoint(directory):
 
 async def one_request(client, url, prompt, max_tokens, hang_up_after=None, retry_429=False):
     """Stream one completion: {"status", "ttft", "gaps", "tokens", "text", "complete", "refused"}. With
-    retry_429 a 429 answer is retried after its Retry-After (TTFT still counts from the first send)."""
+    retry_429 a 429 answer is retried after its Retry-After (TTFT still counts from the first send). A
+    connection the server closed under a kept-alive request (llama-server's HTTP library does so after
+    a few requests) is opened again and the request sent again, at most 3 times."""
+    import httpx
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
-    sent, refused = time.perf_counter(), 0
-    first, last, gaps, text, tokens, pieces = None, None, [], "", None, 0
+    sent, refused, reconnects = time.perf_counter(), 0, 0
     while True:
-        async with client.stream("POST", url + "/v1/completions", json=body) as response:
-            if response.status_code == 429 and retry_429:
-                refused += 1
-                await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
-                continue
-            if response.status_code != 200:
-                return {"status": response.status_code, "complete": False, "refused": refused}
-            async for line in response.aiter_lines():
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+        try:
+            async with client.stream("POST", url + "/v1/completions", json=body) as response:
+                if response.status_code == 429 and retry_429:
+                    refused += 1
+                    await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
                     continue
-                chunk = json.loads(line[5:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                for choice in chunk.get("choices", []):
-                    now = time.perf_counter()
-                    if choice.get("text"):
-                        first = first or now
-                        if last is not None:
-                            gaps.append(now - last)
-                        last = now
-                        text += choice["text"]
-                        pieces += 1
-                if hang_up_after is not None and pieces >= hang_up_after:
-                    return {"complete": False, "text": text, "refused": refused}
-            break
+                if response.status_code != 200:
+                    return {"status": response.status_code, "complete": False, "refused": refused}
+                return {**await read_stream(response, sent, hang_up_after), "refused": refused}
+        except httpx.RemoteProtocolError:
+            reconnects += 1
+            if reconnects > 3:
+                raise
+
+
+async def read_stream(response, sent, hang_up_after):
+    """The streamed pieces of one answer: timings, text and token count (hanging up after
+    hang_up_after pieces when given)."""
+    first, last, gaps, text, tokens, pieces = None, None, [], "", None, 0
+    async for line in response.aiter_lines():
+        if not line.startswith("data:") or line.strip() == "data: [DONE]":
+            continue
+        chunk = json.loads(line[5:])
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        for choice in chunk.get("choices", []):
+            now = time.perf_counter()
+            if choice.get("text"):
+                first = first or now
+                if last is not None:
+                    gaps.append(now - last)
+                last = now
+                text += choice["text"]
+                pieces += 1
+        if hang_up_after is not None and pieces >= hang_up_after:
+            return {"complete": False, "text": text}
     tokens = tokens if tokens is not None else pieces
     tpot = (last - first) / (tokens - 1) if first is not None and tokens > 1 else None
     return {"status": 200, "ttft": (first or time.perf_counter()) - sent, "gaps": gaps, "tpot": tpot,
-            "tokens": tokens, "text": text, "complete": True, "refused": refused}
+            "tokens": tokens, "text": text, "complete": True}
 
 
 def summary(results, seconds):
@@ -173,8 +186,11 @@ def summary(results, seconds):
             **{f"tpot_p{q}": pct(tpot, q) for q in (50, 95, 99)}}
 
 
-async def load(url, clients, per_client, seed, retry_429=False):
+async def load(url, clients, per_client, seed, retry_429=False, min_requests=32):
+    """clients streaming clients, each sending max(per_client, min_requests / clients) requests one
+    after another (so a run with few clients still times a few thousand tokens)."""
     import httpx
+    per_client = max(per_client, -(-min_requests // clients))
     rng = random.Random(seed)
     work = [prompt_mix(rng, per_client) for _ in range(clients)]
     async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_connections=clients + 4)) as client:

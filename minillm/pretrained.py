@@ -9,6 +9,8 @@ import json
 import mmap
 import os
 
+import numpy as np
+
 from .io.build import build_decoder
 from .io.errors import FormatError
 
@@ -188,6 +190,10 @@ def load_base(source, method, scheme):
     if method == "qlora" and getattr(model, "quantization", None) is None:
         from .nn.quantized import quantize_model
         quantize_model(model, scheme)
+    if method == "full":              # a file's float tensors load as read-only views: full training updates
+        for p in model.parameters():  # every weight in place, so those become arrays of their own
+            if not p.data.flags.writeable:
+                p.data = np.array(p.data)
     return model, tokenizer
 
 

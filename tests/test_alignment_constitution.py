@@ -107,6 +107,10 @@ def test_the_cli_loop_writes_sft_preferences_and_a_transcript(files, capsys):
     for p in preferences:
         assert set(p) == {"prompt", "chosen", "rejected", "principle", "p_chosen", "chosen_is", "judgements"}
         assert isinstance(p["prompt"], str) and p["chosen"] != p["rejected"] and 0.5 < p["p_chosen"] <= 1
+    from minillm.alignment.preference_data import load_pairs      # what --method reward / dpo read
+    pairs = load_pairs(f"{out}/preferences.jsonl", tok, 640)
+    assert len(pairs) == len(preferences)
+    assert [tok.decode(chosen[0][chosen[1]]) for chosen, _ in pairs] == [p["chosen"] for p in preferences]
     assert json.load(open(f"{out}/templates.json")) == {**read_templates(), **SHORT}
     run = json.load(open(f"{out}/run.json"))
     assert run["counts"] == {"prompts": 3, "sft": len(sft), "preferences": len(preferences),

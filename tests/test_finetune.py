@@ -169,3 +169,21 @@ def test_a_nan_loss_stops_before_the_step(tmp_path, base):
     with pytest.raises(TrainingDiverged, match="loss became nan at step 0"):
         run.run()
     assert not os.path.exists(tmp_path / "run" / "latest")
+
+
+def test_full_fine_tuning_of_a_gguf_file_updates_its_weights(tmp_path):
+    """A GGUF's float tensors load as read-only views of the file; full fine-tuning trains them all."""
+    pytest.importorskip("gguf")
+    from minillm.io.gguf_write import export_gguf
+    tok = tokenizer(chat=False)
+    path = str(tmp_path / "m.gguf")
+    export_gguf(tiny_model(tok), tok, path)                   # f32: every tensor a view of the file
+    before = {n: p.data.copy() for n, p in load_pretrained(path, dequantize=True)[0].named_parameters()}
+    config = FinetuneConfig(method="full", lr=1e-2, max_iters=2, batch_size=4, eval_interval=2, eval_fraction=0.0)
+    run = Finetuner(path, write_jsonl(tmp_path / "d.jsonl", copy_records(8, 0)), str(tmp_path / "run"), config,
+                    progress=False, log=lambda message: None)
+    run.run()
+    after = dict(run.model.named_parameters())
+    assert all(not np.array_equal(after[n].data, before[n]) for n in before), "every weight trains"
+    assert np.array_equal(load_pretrained(path, dequantize=True)[0].blocks[0].norm1.weight.data,
+                          before["blocks.0.norm1.weight"])      # the file itself is untouched

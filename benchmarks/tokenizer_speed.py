@@ -2,8 +2,8 @@
 pure-Python BPE loops, on tinyshakespeare and 10 MB of distinct Python docstrings (the standard
 library's 2.3 MB, then installed packages').
 
-    python benchmarks/tokenizers.py            # everything (several minutes on 2 busy cores)
-    python benchmarks/tokenizers.py --quick    # 1 MB of docstrings, fewer repeats, no 32768 run
+    python benchmarks/tokenizer_speed.py            # everything (several minutes on 2 busy cores)
+    python benchmarks/tokenizer_speed.py --quick    # 1 MB of docstrings, fewer repeats, no 32768 run
 
 Rows: median seconds (interleaved with the baselines in this process, benchmarks/harness.py),
 throughput, and ratio = baseline time / our time (> 1: we are faster). The pure-Python BPE
