@@ -179,7 +179,11 @@ def test_quant_matmul_propagates_nan_like_the_reference(simd_path, data, scheme,
     poisoned = ~np.isfinite(x).all(axis=1)
     assert np.isnan(want[poisoned]).all() and np.isnan(got[poisoned]).all()
     magnitude = np.abs(np.nan_to_num(x, posinf=0, neginf=0)).astype(np.float64) @ weight_magnitude(scheme, qw).T
-    safe = ~poisoned[:, None] & (magnitude < 1e36)
+    # The VNNI kernels scale each 4-byte lane's partial sum (up to ~6.5e5 with the +128 offset) by the group's
+    # xd = max|x| / 127 before adding the lanes, so a row whose largest |x| passes ~6.6e34 may overflow to
+    # NaN even where the exact sum is small (docs/quantization.md): those rows are left out here.
+    largest = np.abs(np.nan_to_num(x, posinf=0, neginf=0)).max(axis=1, keepdims=True)
+    safe = ~poisoned[:, None] & (magnitude < 1e36) & (largest < 1e34)
     assert np.isfinite(got[safe]).all()
     np.testing.assert_array_less(np.abs(got[safe] - want[safe]), 1e-5 * magnitude[safe] + 1e-30)
 
