@@ -79,8 +79,6 @@ class FusedProjection:
         return kernels.linear_forward(x, self._rows("weight", weights, "data"), bias)
 
 
-
-
 def _stackable(weights):
     """Whether quantized weights can be stacked by rows: NF4's second-level scales (in "min") run in
     groups of GROUP2 (256) blocks over each whole tensor, which line up only when every part but
